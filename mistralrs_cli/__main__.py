@@ -1,0 +1,5 @@
+"""Entry point for `python -m mistralrs_cli`."""
+
+from mistralrs_cli.cli import main
+
+main()

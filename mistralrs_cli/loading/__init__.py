@@ -1,0 +1,1 @@
+"""Turns a ModelSpec into a ready LoadedModel: sources, weights, tokenizer, chat template."""

@@ -1,0 +1,1 @@
+"""The one Mistral/Llama model implementation and its building blocks."""
