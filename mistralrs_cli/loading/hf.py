@@ -1,0 +1,100 @@
+"""Loading Hugging Face safetensors checkpoints (one file, sharded, or any `--weight-file`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from mistralrs_cli.errors import ConfigError, ModelSourceError, WeightError
+from mistralrs_cli.loading.devices import pick_device, pick_dtype
+from mistralrs_cli.loading.hf_tokenizer import load_hf_tokenizer
+from mistralrs_cli.loading.loaded import LoadedModel
+from mistralrs_cli.loading.source import ModelSource
+from mistralrs_cli.loading.weights import build_empty_model, load_state_dict
+from mistralrs_cli.models.config import ModelConfig
+from mistralrs_cli.spec import ModelSpec
+
+
+def read_config(source: ModelSource) -> ModelConfig:
+    """ModelConfig from the source's config.json."""
+    if not source.has("config.json"):
+        raise ConfigError(f"{source.model_id}: missing config.json")
+    path = source.get("config.json")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable config.json ({e})") from None
+    return ModelConfig.from_hf_dict(raw, str(path))
+
+
+def weight_paths(source: ModelSource, weight_files: tuple[str, ...]) -> list[Path]:
+    """The safetensors files to read: `--weight-file`s, the shard index, or model.safetensors."""
+    if weight_files:
+        out = []
+        for wf in weight_files:
+            path = Path(wf).expanduser()
+            out.append(path if path.is_file() else _get_weight(source, wf))
+        return out
+    if source.has("model.safetensors.index.json"):
+        index_path = source.get("model.safetensors.index.json")
+        try:
+            index = json.loads(index_path.read_text())
+            shards = sorted(set(index["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise WeightError(f"{index_path}: invalid shard index ({e})") from None
+        return [source.get(s) for s in shards]
+    if source.has("model.safetensors"):
+        return [source.get("model.safetensors")]
+    if source.local is not None:
+        found = sorted(source.local.glob("*.safetensors"))
+        if found:
+            return found
+    raise WeightError(f"{source.model_id}: no safetensors weights (pass --weight-file)")
+
+
+def _get_weight(source: ModelSource, name: str) -> Path:
+    try:
+        return source.get(name)
+    except ModelSourceError:
+        raise WeightError(f"--weight-file {name}: no such file here or in {source.model_id}") from None
+
+
+def iter_safetensors(paths: list[Path]) -> Iterator[tuple[str, torch.Tensor, Path]]:
+    """(name, tensor, file) for every tensor of every file, memory-mapped."""
+    for path in paths:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name), path
+        except WeightError:
+            raise
+        except Exception as e:
+            raise WeightError(f"{path}: unreadable safetensors ({str(e).splitlines()[0]})") from None
+
+
+def load_hf(spec: ModelSpec) -> LoadedModel:
+    """Load an HF Mistral/Llama checkpoint described by `spec`."""
+    if not spec.model_id:
+        raise ModelSourceError("mistral: -m/--model-id is required (a local folder or a Hub id)")
+    source = ModelSource(spec.model_id, spec.revision, spec.token_source)
+    cfg = read_config(source)
+    paths = weight_paths(source, spec.weight_files)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor, _ in iter_safetensors(paths):
+        tensors[name] = tensor
+    first = next(iter(tensors.values()), None)
+    device = pick_device(spec.device)
+    dtype = pick_dtype(spec.dtype, device, first.dtype if first is not None else None)
+    source_name = paths[0].parent.name if len(paths) > 1 else str(paths[0])
+    model = load_state_dict(build_empty_model(cfg), tensors, dtype, device, source_name)
+    tokenizer = load_hf_tokenizer(source, spec.tokenizer_json, spec.chat_template)
+    tokenizer.add_eos_ids(cfg.eos_token_ids)
+    if source.has("generation_config.json"):
+        gen = json.loads(source.get("generation_config.json").read_text())
+        eos = gen.get("eos_token_id")
+        tokenizer.add_eos_ids(tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ()))
+    return LoadedModel(model, cfg, tokenizer, spec.display_name, device, dtype, {"format": "safetensors"})

@@ -1,0 +1,26 @@
+"""LoadedModel: what every loader returns and the engine consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mistralrs_cli.loading.tokenizer import TextTokenizer
+from mistralrs_cli.models.config import ModelConfig
+from mistralrs_cli.models.mistral import MistralForCausalLM
+
+
+@dataclass
+class LoadedModel:
+    """A ready model: weights on their device, tokenizer, chat template and a display name."""
+
+    model: MistralForCausalLM
+    config: ModelConfig
+    tokenizer: TextTokenizer
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    # Loader-specific facts for `bench`, `/stats` and logs (quant types, adapter names...).
+    info: dict[str, Any] = field(default_factory=dict)

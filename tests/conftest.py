@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny random HF checkpoints saved to temporary folders."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Keep the suite predictable on the 2-core CI machine.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory):
+    """A tiny random Mistral (sliding window 8, GQA 4/2) saved as an HF folder with a tokenizer."""
+    from tests.oracles.tiny_models import save_tiny_folder, tiny_hf_model
+
+    return save_tiny_folder(tiny_hf_model("mistral"), tmp_path_factory.mktemp("tiny-mistral"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny random Llama with tied embeddings saved as an HF folder with a tokenizer."""
+    from tests.oracles.tiny_models import save_tiny_folder, tiny_hf_model
+
+    model = tiny_hf_model("llama", seed=1, tie_word_embeddings=True)
+    return save_tiny_folder(model, tmp_path_factory.mktemp("tiny-llama"))
