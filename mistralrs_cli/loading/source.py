@@ -45,8 +45,10 @@ class ModelSource:
         self.token_source = token_source
         path = Path(model_id).expanduser()
         self.local: Path | None = path if path.is_dir() else None
-        if self.local is None and (path.exists() or model_id.startswith((".", "/", "~"))):
+        if self.local is None and path.exists():
             raise ModelSourceError(f"model {model_id!r}: not a folder")
+        if self.local is None and model_id.startswith((".", "/", "~")):
+            raise ModelSourceError(f"model {model_id!r}: no such folder")
         if self.local is None and not _looks_like_repo_id(model_id):
             raise ModelSourceError(f"model {model_id!r}: no such folder, and not a Hub id (owner/name)")
 

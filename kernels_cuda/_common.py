@@ -1,0 +1,121 @@
+"""Shared plumbing for the numba.cuda kernels: torch interop, launching, block reductions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numba
+import torch
+from numba import cuda
+
+KERNEL_DTYPES = (torch.float16, torch.float32)
+
+
+class KernelInputError(ValueError):
+    """A launcher was given tensors it cannot run on (shape, dtype or device)."""
+
+
+def is_simulator() -> bool:
+    """True when numba runs kernels in its CUDA simulator instead of on a GPU."""
+    return bool(getattr(numba.config, "ENABLE_CUDASIM", 0)) or (
+        os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    )
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def check_float(name: str, t: torch.Tensor) -> None:
+    """Refuse anything but f16/f32: bf16 does not cross `__cuda_array_interface__` reliably."""
+    if t.dtype not in KERNEL_DTYPES:
+        raise KernelInputError(
+            f"{name} is {t.dtype}; kernels take float16 or float32 (convert bf16 explicitly)"
+        )
+
+
+def check_shape(name: str, t: torch.Tensor, shape: Sequence[int | None]) -> None:
+    """Check t's shape against `shape`, where None matches any size."""
+    ok = t.dim() == len(shape) and all(s is None or s == d for s, d in zip(shape, t.shape))
+    if not ok:
+        raise KernelInputError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+
+
+def as_array(t: torch.Tensor) -> Any:
+    """Zero-copy view of a torch tensor for a kernel argument."""
+    t = t.detach()
+    if is_simulator():
+        # The simulator runs kernels on numpy arrays: CPU tensors only.
+        if t.device.type != "cpu":
+            raise KernelInputError("the CUDA simulator takes CPU tensors")
+        return t.numpy()
+    if t.device.type != "cuda":
+        raise KernelInputError(f"numba.cuda kernels take CUDA tensors, got {t.device}")
+    return cuda.as_cuda_array(t)
+
+
+_streams: dict[int, Any] = {}
+
+
+def _torch_stream() -> Any:
+    """numba handle for torch's current stream, so kernels order with torch's own ops."""
+    handle = torch.cuda.current_stream().cuda_stream
+    stream = _streams.get(handle)
+    if stream is None:
+        stream = _streams[handle] = cuda.external_stream(handle)
+    return stream
+
+
+def launch(kernel: Any, grid: int | tuple[int, ...], block: int, *args: Any) -> None:
+    """Launch `kernel` with torch tensors converted to device arrays, on torch's stream."""
+    arrays = [as_array(a) if isinstance(a, torch.Tensor) else a for a in args]
+    if is_simulator():
+        kernel[grid, block](*arrays)
+        return
+    kernel[grid, block, _torch_stream()](*arrays)
+
+
+def sm_count() -> int:
+    """Number of multiprocessors of the current device (1 in the simulator)."""
+    if is_simulator():
+        return 1
+    return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+
+
+# Block-wide reductions through shared memory (the simulator has no warp shuffles).
+# `nt` is the block size and must be a power of two; every thread must call them.
+
+
+@cuda.jit(device=True)
+def block_sum(buf, val, tid, nt):
+    """Sum `val` over the block; every thread gets the total."""
+    buf[tid] = val
+    cuda.syncthreads()
+    s = nt // 2
+    while s > 0:
+        if tid < s:
+            buf[tid] += buf[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    total = buf[0]
+    cuda.syncthreads()  # NOTE: buf may be reused right after; all must have read it
+    return total
+
+
+@cuda.jit(device=True)
+def block_max(buf, val, tid, nt):
+    """Max of `val` over the block; every thread gets it."""
+    buf[tid] = val
+    cuda.syncthreads()
+    s = nt // 2
+    while s > 0:
+        if tid < s and buf[tid + s] > buf[tid]:
+            buf[tid] = buf[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    total = buf[0]
+    cuda.syncthreads()
+    return total

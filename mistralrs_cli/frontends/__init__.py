@@ -1,0 +1,1 @@
+"""Frontends: chat, batch and serve. They submit requests and consume streamed deltas only."""

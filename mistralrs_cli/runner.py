@@ -1,0 +1,78 @@
+"""Runs a mode (chat, batch, serve) on a ModelSpec: loads the model, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from mistralrs_cli.errors import MistralrsError
+from mistralrs_cli.spec import ModelSpec
+
+stderr = Console(stderr=True)
+
+
+@dataclass
+class ModeOptions:
+    """Global options from the root callback plus the chosen mode and its options."""
+
+    port: int | None = None
+    serve_ip: str = "127.0.0.1"
+    log: Path | None = None
+    truncate_sequence: bool = False
+    max_seqs: int = 16
+    no_kv_cache: bool = False
+    kv_cache_mem: float | None = None
+    chat_template: str | None = None
+    debug: bool = False
+    mode: str | None = None
+    mode_options: dict[str, Any] = field(default_factory=dict)
+
+
+def run_mode(ctx: typer.Context, spec: ModelSpec) -> None:
+    """Load the model for `spec` and run the chosen mode; user errors exit with their code."""
+    opts: ModeOptions = ctx.find_root().obj
+    mode = opts.mode or ("serve" if opts.port is not None else "chat")
+    if opts.mode == "serve" and opts.mode_options.get("port") is None:
+        opts.mode_options["port"] = opts.port
+    _setup_logging(opts)
+    try:
+        _dispatch(mode, spec, opts)
+    except MistralrsError as e:
+        if opts.debug:
+            raise
+        stderr.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _dispatch(mode: str, spec: ModelSpec, opts: ModeOptions) -> None:
+    if mode == "chat":
+        from mistralrs_cli.frontends.chat import run_chat
+
+        run_chat(spec, opts)
+        return
+    from mistralrs_cli.errors import ConfigError
+
+    raise ConfigError(f"mode {mode!r} is not yet available in this version")
+
+
+def load_with_status(spec: ModelSpec):
+    """Load a model, showing a spinner on stderr when it is a terminal."""
+    from mistralrs_cli.loading.loader import load_model
+
+    if sys.stderr.isatty():
+        with stderr.status(f"Loading {spec.display_name}..."):
+            return load_model(spec)
+    return load_model(spec)
+
+
+def _setup_logging(opts: ModeOptions) -> None:
+    level = logging.DEBUG if opts.debug else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
