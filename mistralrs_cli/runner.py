@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mistralrs_cli.errors import MistralrsError
 from mistralrs_cli.spec import ModelSpec
@@ -46,7 +47,7 @@ def run_mode(ctx: typer.Context, spec: ModelSpec) -> None:
     except MistralrsError as e:
         if opts.debug:
             raise
-        stderr.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True)
+        stderr.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
