@@ -27,6 +27,8 @@ class AttentionBatch:
     write_slots: torch.Tensor  # (B*Q,) pool slot of each new token (0 = scratch for padding)
     ctx_slots: torch.Tensor | None  # (B, L) pool slots of each sequence's keys; None = no cache
     mask: torch.Tensor  # (B, 1, Q, L) bool, True where the query may attend the key
+    # Engine request ids of the B rows, for models that keep per-sequence state (X-LoRA).
+    seq_ids: tuple[int, ...] | None = None
 
     @staticmethod
     def build(

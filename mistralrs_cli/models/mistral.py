@@ -50,6 +50,11 @@ class MistralForCausalLM(nn.Module):
         self.model = MistralBackbone(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
+    @property
+    def num_kv_layers(self) -> int:
+        """How many (k, v) pool pairs the engine must allocate (wrappers may need more)."""
+        return self.config.num_hidden_layers
+
     def tie_weights(self) -> None:
         """Share the embedding matrix with the output head when the config says so."""
         if self.config.tie_word_embeddings:
