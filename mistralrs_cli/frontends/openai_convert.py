@@ -1,0 +1,162 @@
+"""OpenAI requests -> engine submissions, and engine outputs -> OpenAI response objects (serve and batch)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from mistralrs_cli.engine import (
+    Delta,
+    Engine,
+    RequestOutput,
+    RequestStream,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
+from mistralrs_cli.frontends.openai_types import ChatCompletionRequest, CompletionRequest
+
+_OPENAI_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
+                  "frequency_penalty", "repetition_penalty", "logit_bias", "n")
+
+
+def sampling_params(req: ChatCompletionRequest | CompletionRequest, defaults: dict[str, Any] | None = None) -> SamplingParams:
+    """SamplingParams for a request; fields it leaves unset take `defaults` (CLI flags), then the engine's."""
+    values: dict[str, Any] = dict(defaults or {})
+    values.update({k: getattr(req, k) for k in _OPENAI_FIELDS if getattr(req, k) is not None})
+    limit = req.token_limit()
+    if limit is not None:
+        values["max_tokens"] = limit
+    values["stop"] = req.stop
+    if isinstance(req, ChatCompletionRequest):
+        values["logprobs"] = req.logprobs
+        values["top_logprobs"] = req.top_logprobs or 0
+    elif req.logprobs is not None:
+        values["logprobs"] = True
+        values["top_logprobs"] = req.logprobs
+    return SamplingParams.from_dict(values)
+
+
+def extensions(req: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """Extension fields passed through to the engine (e.g. xlora_scalings)."""
+    return {"xlora_scalings": True} if req.xlora_scalings else {}
+
+
+def submit_chat(engine: Engine, req: ChatCompletionRequest, defaults: dict[str, Any] | None = None) -> RequestStream:
+    """Queue a chat request; raises RequestError for invalid values."""
+    return engine.submit(messages=req.plain_messages(), params=sampling_params(req, defaults),
+                         request_id=new_id("chatcmpl"), extensions=extensions(req))
+
+
+def submit_completions(engine: Engine, req: CompletionRequest, defaults: dict[str, Any] | None = None) -> list[RequestStream]:
+    """Queue one engine request per prompt of a completions request."""
+    params = sampling_params(req, defaults)
+    return [engine.submit(p, params=params, request_id=new_id("cmpl"), extensions=extensions(req)) for p in req.prompts()]
+
+
+def new_id(prefix: str) -> str:
+    """An OpenAI-style object id."""
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage_dict(usage: Usage | None) -> dict[str, int] | None:
+    """OpenAI's usage object."""
+    if usage is None:
+        return None
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def sum_usage(usages: list[Usage | None]) -> dict[str, int]:
+    """Usage of several engine requests added up (a completions request with many prompts)."""
+    p = sum(u.prompt_tokens for u in usages if u)
+    c = sum(u.completion_tokens for u in usages if u)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def chat_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...] | None) -> dict[str, Any] | None:
+    """Chat-completions logprobs: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+    if items is None:
+        return None
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return {"content": [
+        {**entry(t.token, t.logprob), "top_logprobs": [entry(s, lp) for _, s, lp in t.top]} for t in items
+    ]}
+
+
+def completion_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...] | None, offset: int = 0) -> dict[str, Any] | None:
+    """Legacy completions logprobs: tokens, token_logprobs, top_logprobs, text_offset."""
+    if items is None:
+        return None
+    offsets, pos = [], offset
+    for t in items:
+        offsets.append(pos)
+        pos += len(t.token)
+    return {
+        "tokens": [t.token for t in items],
+        "token_logprobs": [t.logprob for t in items],
+        "top_logprobs": [{s: lp for _, s, lp in t.top} for t in items],
+        "text_offset": offsets,
+    }
+
+
+def chat_response(out: RequestOutput, model: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A `chat.completion` object."""
+    return {
+        "id": out.request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": c.index, "message": {"role": "assistant", "content": c.text},
+             "logprobs": chat_logprobs(c.logprobs), "finish_reason": _finish(c.finish_reason)}
+            for c in out.choices
+        ],
+        "usage": usage_dict(out.usage),
+        **(extra or {}),
+    }
+
+
+def completion_response(outs: list[RequestOutput], model: str, echo_prompts: list[str] | None = None) -> dict[str, Any]:
+    """A `text_completion` object; choices of prompt i come at indices i*n .. i*n+n-1."""
+    choices = []
+    for i, out in enumerate(outs):
+        prefix = echo_prompts[i] if echo_prompts else ""
+        for c in out.choices:
+            choices.append({"index": i * len(out.choices) + c.index, "text": prefix + c.text,
+                            "logprobs": completion_logprobs(c.logprobs, len(prefix)),
+                            "finish_reason": _finish(c.finish_reason)})
+    return {"id": outs[0].request_id if outs else new_id("cmpl"), "object": "text_completion",
+            "created": int(time.time()), "model": model, "choices": choices,
+            "usage": sum_usage([o.usage for o in outs])}
+
+
+def chat_chunk(rid: str, model: str, created: int, delta: Delta, first: bool) -> dict[str, Any]:
+    """One `chat.completion.chunk` for a streamed delta."""
+    body: dict[str, Any] = {"content": delta.text} if delta.text or not delta.finish_reason else {}
+    if first:
+        body = {"role": "assistant", **body, "content": delta.text}
+    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": delta.index, "delta": body, "logprobs": chat_logprobs(delta.logprobs),
+                         "finish_reason": _finish(delta.finish_reason)}]}
+
+
+def completion_chunk(rid: str, model: str, created: int, delta: Delta, index: int) -> dict[str, Any]:
+    """One streamed `text_completion` chunk."""
+    return {"id": rid, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": index, "text": delta.text, "logprobs": completion_logprobs(delta.logprobs),
+                         "finish_reason": _finish(delta.finish_reason)}]}
+
+
+def usage_chunk(rid: str, model: str, created: int, obj: str, usage: dict[str, int]) -> dict[str, Any]:
+    """The final chunk carrying usage when stream_options.include_usage is set."""
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage}
+
+
+def _finish(reason: str | None) -> str | None:
+    # OpenAI knows stop/length; an aborted choice is reported as stopped.
+    return "stop" if reason == "abort" else reason
