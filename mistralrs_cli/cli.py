@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from mistralrs_cli import __version__
 from mistralrs_cli import cli_options as o
@@ -29,7 +31,22 @@ HELP = (
 
 app = typer.Typer(help=HELP, no_args_is_help=False, add_completion=False, rich_markup_mode="rich")
 chat_app = typer.Typer(help="Chat with a model in the terminal (one-shot when stdin is not a terminal).")
-batch_app = typer.Typer(help="Run a JSONL file of requests through the engine; resumable.")
+class InterspersedGroup(TyperGroup):
+    """A mode group whose options may follow its positional argument (`batch IN.jsonl -o OUT mistral ...`).
+
+    Everything before the first model subcommand belongs to the mode; the rest to the subcommand.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        split = next((i for i, a in enumerate(args) if a in self.commands), len(args))
+        ctx.allow_interspersed_args = True
+        rest = click.Command.parse_args(self, ctx, args[:split]) + args[split:]
+        if rest:
+            ctx._protected_args, ctx.args = rest[:1], rest[1:]
+        return ctx.args
+
+
+batch_app = typer.Typer(cls=InterspersedGroup, help="Run a JSONL file of requests through the engine; resumable.")
 serve_app = typer.Typer(help="Serve an OpenAI-compatible HTTP API.")
 MODES = {"chat": chat_app, "batch": batch_app, "serve": serve_app}
 

@@ -59,6 +59,11 @@ def _dispatch(mode: str, spec: ModelSpec, opts: ModeOptions) -> None:
 
         run_chat(spec, opts)
         return
+    if mode == "batch":
+        from mistralrs_cli.frontends.batch import run_batch
+
+        run_batch(spec, opts)
+        return
     from mistralrs_cli.errors import ConfigError
 
     raise ConfigError(f"mode {mode!r} is not yet available in this version")

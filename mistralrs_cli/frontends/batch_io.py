@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+DUPLICATE = "duplicate_custom_id"
 
 
 @dataclass
@@ -86,24 +87,45 @@ def find_duplicates(path: Path) -> dict[int, str]:
     return dups
 
 
-def answered_ids(path: Path) -> set[str]:
-    """custom_ids already in an output file; a torn last line (kill -9 mid-write) is cut off first."""
+@dataclass
+class Answered:
+    """What an existing output file already holds."""
+
+    ids: set[str]  # custom_ids answered (successes and errors, duplicates excepted)
+    dup_lines: set[int]  # input lines already reported as duplicates
+    errors: int  # error records
+
+
+def answered_ids(path: Path) -> Answered:
+    """What an output file already answered.
+
+    A torn last line (kill -9 mid-write) is cut off first.
+    """
     if not path.exists():
-        return set()
+        return Answered(set(), set(), 0)
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end != len(data):
         with path.open("r+b") as f:
             f.truncate(end)
-    done = set()
+    done: set[str] = set()
+    dup_lines: set[int] = set()
+    errors: list[str] = []
     for text in data[:end].decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(text)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("custom_id"), str):
+        if not isinstance(record, dict) or not isinstance(record.get("custom_id"), str):
+            continue
+        error = record.get("error") or {}
+        if error:
+            errors.append(record["custom_id"])
+        if error.get("code") == DUPLICATE:
+            dup_lines.add(int(error.get("line", 0)))
+        else:
             done.add(record["custom_id"])
-    return done
+    return Answered(done, dup_lines, len(errors))
 
 
 def success_record(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,167 @@
+"""`mistralrs batch`: every JSONL line through the engine at once; one output line per answer, resumable."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from mistralrs_cli.engine import Engine, SamplingParams
+from mistralrs_cli.errors import MistralrsError, RequestError
+from mistralrs_cli.frontends.batch_io import (
+    DUPLICATE,
+    BatchLineError,
+    BatchRequest,
+    OutputWriter,
+    answered_ids,
+    error_record,
+    find_duplicates,
+    iter_input,
+    success_record,
+)
+from mistralrs_cli.frontends.chat import sampling_values
+from mistralrs_cli.frontends.engine_setup import open_engine
+from mistralrs_cli.frontends.openai_convert import (
+    chat_response,
+    completion_response,
+    submit_chat,
+    submit_completions,
+)
+from mistralrs_cli.frontends.openai_types import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    validation_message,
+)
+from mistralrs_cli.runner import ModeOptions
+from mistralrs_cli.spec import ModelSpec
+
+err = Console(stderr=True, highlight=False)
+
+
+@dataclass
+class BatchTotals:
+    """What the summary line reports."""
+
+    done: int = 0
+    errors: int = 0
+    skipped: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def default_output(input_file: Path) -> Path:
+    """INPUT.jsonl -> INPUT.out.jsonl beside it."""
+    return input_file.with_name(input_file.stem + ".out.jsonl")
+
+
+def run_batch(spec: ModelSpec, opts: ModeOptions) -> None:
+    """Batch mode entry: exit 0 when all lines succeeded, 1 with error records, 2 for unusable input."""
+    mo = opts.mode_options
+    input_file: Path = mo["input_file"]
+    if not input_file.is_file():
+        raise RequestError(f"batch input {input_file}: no such file")
+    output: Path = mo.get("output") or default_output(input_file)
+    if output.resolve() == input_file.resolve():
+        raise RequestError("the output file must differ from the input file")
+    defaults = sampling_values(mo.get("sampling", {}))
+    SamplingParams.from_dict(defaults)
+    answered = answered_ids(output)
+    done_ids, dup_lines_done = answered.ids, answered.dup_lines
+    duplicates = {k: v for k, v in find_duplicates(input_file).items() if k not in dup_lines_done}
+    total = sum(1 for _ in iter_input(input_file))
+    engine = open_engine(spec, opts)
+    writer = OutputWriter(output)
+    totals = BatchTotals()
+    start = time.perf_counter()
+    try:
+        asyncio.run(_run(engine, input_file, writer, done_ids, duplicates, dup_lines_done, defaults,
+                         mo.get("max_concurrency", 64), total, totals))
+    finally:
+        writer.close()
+        engine.shutdown()
+    elapsed = time.perf_counter() - start
+    rate = totals.completion_tokens / elapsed if elapsed else 0.0
+    err.print(
+        f"[bold]batch done[/]: {totals.done} requests, {totals.errors} errors, {totals.skipped} already answered, "
+        f"{totals.prompt_tokens} prompt + {totals.completion_tokens} completion tokens in {elapsed:.1f} s "
+        f"({rate:.1f} tok/s) -> {output}",
+        soft_wrap=True,
+    )
+    if totals.errors or answered.errors:
+        raise typer.Exit(1)
+
+
+async def _run(engine: Engine, input_file: Path, writer: OutputWriter, done_ids: set[str], duplicates: dict[int, str],
+               dup_lines: set[int], defaults: dict[str, Any], max_concurrency: int, total: int, totals: BatchTotals) -> None:
+    sem = asyncio.Semaphore(max_concurrency)
+    tasks: set[asyncio.Task] = set()
+    start = time.perf_counter()
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as progress:
+        bar = progress.add_task("batch", total=total, rate="")
+
+        def finished(record: dict[str, Any], usage: dict[str, int] | None) -> None:
+            writer.write(record)
+            if record["error"] is None:
+                totals.done += 1
+            else:
+                totals.errors += 1
+            if usage:
+                totals.prompt_tokens += usage.get("prompt_tokens", 0)
+                totals.completion_tokens += usage.get("completion_tokens", 0)
+            rate = totals.completion_tokens / max(time.perf_counter() - start, 1e-9)
+            progress.update(bar, advance=1, rate=f"{rate:.1f} tok/s")
+
+        for item in iter_input(input_file):
+            if item.line in duplicates:
+                finished(error_record(item.custom_id, item.line, DUPLICATE, duplicates[item.line]), None)
+                continue
+            if item.custom_id in done_ids or item.line in dup_lines:
+                totals.skipped += 1
+                progress.update(bar, advance=1)
+                continue
+            if isinstance(item, BatchLineError):
+                finished(error_record(item.custom_id, item.line, item.code, item.message), None)
+                continue
+            await sem.acquire()
+            task = asyncio.create_task(_answer(engine, item, defaults))
+            task.add_done_callback(lambda t: (sem.release(), finished(*t.result())))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        while tasks:
+            await asyncio.gather(*list(tasks))
+
+
+async def _answer(engine: Engine, item: BatchRequest, defaults: dict[str, Any]) -> tuple[dict[str, Any], dict | None]:
+    """Run one request; every failure becomes an error record for its line."""
+    model = engine.loaded.name
+    try:
+        if item.url == "/v1/chat/completions":
+            req = ChatCompletionRequest.model_validate({**item.body, "stream": False})
+            out = await submit_chat(engine, req, defaults).aresult()
+            body = chat_response(out, model)
+        else:
+            creq = CompletionRequest.model_validate({**item.body, "stream": False})
+            outs = [await s.aresult() for s in submit_completions(engine, creq, defaults)]
+            body = completion_response(outs, model)
+    except ValidationError as e:
+        message, _ = validation_message(e)
+        return error_record(item.custom_id, item.line, "invalid_request", f"line {item.line}: {message}"), None
+    except MistralrsError as e:
+        return error_record(item.custom_id, item.line, "invalid_request", f"line {item.line}: {e.message}"), None
+    return success_record(item.custom_id, body), body.get("usage")
