@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,11 @@ import torch
 from numba import cuda
 
 KERNEL_DTYPES = (torch.float16, torch.float32)
+VIEW_CACHE_SIZE = 512
+
+# Small grids are normal here (decode at batch 1); numba's occupancy warning would fire on
+# nearly every launch.
+numba.config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 
 class KernelInputError(ValueError):
@@ -39,9 +45,15 @@ def check_float(name: str, t: torch.Tensor) -> None:
 
 def check_shape(name: str, t: torch.Tensor, shape: Sequence[int | None]) -> None:
     """Check t's shape against `shape`, where None matches any size."""
-    ok = t.dim() == len(shape) and all(s is None or s == d for s, d in zip(shape, t.shape))
+    ok = t.dim() == len(shape) and all(
+        s is None or s == d for s, d in zip(shape, t.shape, strict=False)
+    )
     if not ok:
         raise KernelInputError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+
+
+_streams: dict[int, Any] = {}
+_views: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 
 
 def as_array(t: torch.Tensor) -> Any:
@@ -54,10 +66,17 @@ def as_array(t: torch.Tensor) -> Any:
         return t.numpy()
     if t.device.type != "cuda":
         raise KernelInputError(f"numba.cuda kernels take CUDA tensors, got {t.device}")
-    return cuda.as_cuda_array(t)
-
-
-_streams: dict[int, Any] = {}
+    # NOTE: a view holds only (pointer, shape, strides, dtype) and no reference to the tensor,
+    # so two tensors with equal keys are interchangeable: caching skips numba's costly
+    # interface parsing for long-lived buffers (weights, KV pool) without keeping them alive.
+    key = (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device.index)
+    view = _views.get(key)
+    if view is None:
+        view = cuda.from_cuda_array_interface(t.__cuda_array_interface__, owner=None, sync=False)
+        _views[key] = view
+        if len(_views) > VIEW_CACHE_SIZE:
+            _views.popitem(last=False)
+    return view
 
 
 def _torch_stream() -> Any:
@@ -119,3 +138,19 @@ def block_max(buf, val, tid, nt):
     total = buf[0]
     cuda.syncthreads()
     return total
+
+
+# NOTE: numba's CUDA target fails to compile the builtin min/max (a vararg overload), so
+# kernels use these two-argument device functions instead.
+
+
+@cuda.jit(device=True)
+def smin(a, b):
+    """min of two scalars inside a kernel."""
+    return a if a < b else b
+
+
+@cuda.jit(device=True)
+def smax(a, b):
+    """max of two scalars inside a kernel."""
+    return a if a > b else b
