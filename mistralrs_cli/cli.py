@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from mistralrs_cli import __version__
 from mistralrs_cli import cli_options as o
+from mistralrs_cli.ordering_cli import x_lora_ordering
 from mistralrs_cli.runner import ModeOptions, run_mode
 from mistralrs_cli.spec import ModelSpec
 
@@ -48,7 +49,8 @@ class InterspersedGroup(TyperGroup):
 
 batch_app = typer.Typer(cls=InterspersedGroup, help="Run a JSONL file of requests through the engine; resumable.")
 serve_app = typer.Typer(help="Serve an OpenAI-compatible HTTP API.")
-MODES = {"chat": chat_app, "batch": batch_app, "serve": serve_app}
+bench_app = typer.Typer(help="Measure TTFT, prefill, batch-1 decode and N-way throughput on a model.")
+MODES = {"chat": chat_app, "batch": batch_app, "serve": serve_app, "bench": bench_app}
 
 
 def _version(value: bool) -> None:
@@ -145,6 +147,18 @@ def serve(
     _set_mode(ctx, "serve", port=port, serve_ip=serve_ip, api_key=api_key)
 
 
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Concurrent requests for the throughput run.")] = 32,
+    tokens: Annotated[int, typer.Option("--tokens", min=2, help="Tokens generated per request.")] = 64,
+    prompt_len: Annotated[int, typer.Option("--prompt-len", min=1, help="Prompt length in tokens.")] = 64,
+    json_out: Annotated[bool, typer.Option("--json", help="Also print the result as JSON on stdout.")] = False,
+) -> None:
+    """Benchmark the engine on the chosen model (default: the embedded model)."""
+    _set_mode(ctx, "bench", concurrency=concurrency, tokens=tokens, prompt_len=prompt_len, json_out=json_out)
+
+
 def _set_mode(ctx: typer.Context, mode: str, **options: object) -> None:
     opts: ModeOptions = ctx.obj
     opts.mode = mode
@@ -209,7 +223,7 @@ def x_lora_mistral(
     dtype: o.Dtype = "auto",
     device: o.Device = "auto",
 ) -> None:
-    """X-LoRA over an HF base model (not yet available in this version: exits with code 2)."""
+    """X-LoRA over an HF base model: a classifier mixes several LoRA adapters per token and layer."""
     _run(ctx, ModelSpec(kind="x-lora-mistral", model_id=model_id, tokenizer_json=tokenizer_json,
                         xlora_model_id=xlora_model_id, order=order,
                         tgt_non_granular_index=tgt_non_granular_index, repeat_last_n=repeat_last_n,
@@ -230,11 +244,51 @@ def x_lora_gguf_mistral(
     dtype: o.Dtype = "auto",
     device: o.Device = "auto",
 ) -> None:
-    """X-LoRA over a GGUF base model (not yet available in this version: exits with code 2)."""
+    """X-LoRA over a GGUF base model (llama architecture included), quantized or not."""
     _run(ctx, ModelSpec(kind="x-lora-gguf-mistral", quantized_model_id=quantized_model_id,
                         quantized_filename=quantized_filename, tok_model_id=tok_model_id,
                         xlora_model_id=xlora_model_id, order=order,
                         tgt_non_granular_index=tgt_non_granular_index, repeat_last_n=repeat_last_n,
+                        revision=revision, token_source=token_source, dtype=dtype, device=device))
+
+
+def lora_mistral(
+    ctx: typer.Context,
+    model_id: o.ModelId = None,
+    tokenizer_json: o.TokenizerJson = None,
+    adapter: o.AdapterIds = None,
+    order: o.Order = None,
+    merge: o.LoraMerge = False,
+    repeat_last_n: o.RepeatLastN = 64,
+    revision: o.Revision = "main",
+    token_source: o.TokenSource = "cache",
+    dtype: o.Dtype = "auto",
+    device: o.Device = "auto",
+) -> None:
+    """Plain LoRA adapters (one or several, merged or not) over an HF base model."""
+    _run(ctx, ModelSpec(kind="lora-mistral", model_id=model_id, tokenizer_json=tokenizer_json,
+                        adapter_ids=tuple(adapter or ()), order=order, lora_merge=merge,
+                        repeat_last_n=repeat_last_n, revision=revision, token_source=token_source,
+                        dtype=dtype, device=device))
+
+
+def lora_gguf_mistral(
+    ctx: typer.Context,
+    quantized_model_id: o.QuantizedModelId = None,
+    quantized_filename: o.QuantizedFilename = None,
+    tok_model_id: o.TokModelId = None,
+    adapter: o.AdapterIds = None,
+    order: o.Order = None,
+    repeat_last_n: o.RepeatLastN = 64,
+    revision: o.Revision = "main",
+    token_source: o.TokenSource = "cache",
+    dtype: o.Dtype = "auto",
+    device: o.Device = "auto",
+) -> None:
+    """Plain LoRA adapters over a GGUF base model (deltas applied unmerged on the quantized weights)."""
+    _run(ctx, ModelSpec(kind="lora-gguf-mistral", quantized_model_id=quantized_model_id,
+                        quantized_filename=quantized_filename, tok_model_id=tok_model_id,
+                        adapter_ids=tuple(adapter or ()), order=order, repeat_last_n=repeat_last_n,
                         revision=revision, token_source=token_source, dtype=dtype, device=device))
 
 
@@ -251,6 +305,8 @@ MODEL_COMMANDS = {
     "gguf-mistral": (gguf_mistral, ("mistral-gguf",)),
     "x-lora-mistral": (x_lora_mistral, ()),
     "x-lora-gguf-mistral": (x_lora_gguf_mistral, ("x-lora-mistral-gguf",)),
+    "lora-mistral": (lora_mistral, ()),
+    "lora-gguf-mistral": (lora_gguf_mistral, ("lora-mistral-gguf",)),
 }
 
 for _group in (app, *MODES.values()):
@@ -260,6 +316,9 @@ for _group in (app, *MODES.values()):
             _group.command(_alias, hidden=True)(_func)
 for _mode, _group in MODES.items():
     app.add_typer(_group, name=_mode)
+app.command("x-lora-ordering", help="Write an X-LoRA ordering file for a base model and its adapters.")(
+    x_lora_ordering
+)
 
 
 def main() -> None:

@@ -72,6 +72,11 @@ AdapterIds = Annotated[
     list[str] | None,
     typer.Option("-a", "--adapter", help="LoRA adapter folder or Hub id. Repeatable.", rich_help_panel=MODEL),
 ]
+LoraMerge = Annotated[
+    bool,
+    typer.Option("--merge", help="Merge the LoRA deltas into dense base weights at load (faster; quantized bases stay unmerged).",
+                 rich_help_panel=MODEL),
+]
 Revision = Annotated[str, typer.Option("--revision", help="Hub revision (branch, tag or commit).", rich_help_panel=SOURCE)]
 TokenSource = Annotated[
     str,

@@ -59,10 +59,26 @@ def _dispatch(mode: str, spec: ModelSpec, opts: ModeOptions) -> None:
 
         run_chat(spec, opts)
         return
+    if mode == "bench":
+        from mistralrs_cli.bench import run_bench
+        from mistralrs_cli.frontends.engine_setup import engine_config
+
+        mo = dict(opts.mode_options)
+        config = engine_config(spec, opts)
+        from dataclasses import replace
+
+        config = replace(config, max_seqs=max(mo["concurrency"], opts.max_seqs))
+        run_bench(load_with_status(spec), config=config, **mo)
+        return
     if mode == "batch":
         from mistralrs_cli.frontends.batch import run_batch
 
         run_batch(spec, opts)
+        return
+    if mode == "serve":
+        from mistralrs_cli.frontends.server import run_serve
+
+        run_serve(spec, opts)
         return
     from mistralrs_cli.errors import ConfigError
 

@@ -35,6 +35,7 @@ class ModelSpec:
     order: Path | None = None
     tgt_non_granular_index: int | None = None
     adapter_ids: tuple[str, ...] = ()
+    lora_merge: bool = False
     # shared
     chat_template: str | None = None
     token_source: str = "cache"
