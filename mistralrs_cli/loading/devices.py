@@ -22,10 +22,15 @@ def pick_device(name: str) -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device, checkpoint_dtype: torch.dtype | None = None) -> torch.dtype:
-    """`auto`: f32 on CPU (exact, fast matmuls there), the checkpoint's half type (or bf16) on GPU."""
+    """`auto`: f32 on CPU; on GPU f16 when the numba kernels run (they take f16/f32), else the
+    checkpoint's half type (or bf16)."""
     if name == "auto":
         if device.type == "cpu":
             return torch.float32
+        from mistralrs_cli.models.kernel_ops import wants_kernels
+
+        if wants_kernels(device):
+            return torch.float16
         if checkpoint_dtype in (torch.float16, torch.bfloat16):
             return checkpoint_dtype
         return torch.bfloat16

@@ -10,6 +10,7 @@ so truncated or random input ends in one `GGUFError` naming the file and the pro
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -218,7 +219,7 @@ class GGUFFile:
                 f"tensor {name!r}: row length {ne[0]} is not a multiple of the "
                 f"{GGMLQuantizationType(gtype).name} block size {block}"
             )
-        count = int(np.prod(ne, dtype=np.float64))
+        count = math.prod(ne)  # Python ints: no overflow on corrupt dimensions
         if count > self.size * 8:  # no real type packs more than 8 values per byte
             raise cur.fail(f"tensor {name!r}: impossible shape {ne}")
         nbytes = count // block * type_size
@@ -228,7 +229,7 @@ class GGUFFile:
         """The tensor's bytes as a uint8 tensor (rows, bytes per row), viewing the mapped file."""
         info = self.tensors[name]
         data = torch.frombuffer(self._mm, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
-        rows = int(np.prod(info.shape[:-1])) if len(info.shape) > 1 else 1
+        rows = math.prod(info.shape[:-1])
         return data.view(rows, info.nbytes // rows)
 
     def release(self, name: str) -> None:

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mistralrs_cli.models import kernel_ops
 from mistralrs_cli.models.config import ModelConfig
+from mistralrs_cli.models.fused import FusedProjection
 
 
 class RMSNorm(nn.Module):
@@ -19,8 +21,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
+    use_kernels: bool = False  # CUDA kernel path, set by models.kernel_ops.set_kernels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        if self.use_kernels and kernel_ops.takes(x):
+            return kernel_ops.rmsnorm(x, self.weight, self.eps)
+        if dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # One fused op, bit-identical to the formula below in f32 (checked in the tests).
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
@@ -100,5 +109,16 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(h, i, bias=b)
         self.down_proj = nn.Linear(i, h, bias=b)
 
+    # Optional one-matmul gate/up (models/fused.py); used only while it still matches gate/up_proj.
+    fused_gate_up: FusedProjection | None = None
+
+    use_kernels: bool = False  # CUDA kernel path, set by models.kernel_ops.set_kernels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_kernels and kernel_ops.takes(x):
+            return self.down_proj(kernel_ops.silu_mul(self.gate_proj(x), self.up_proj(x)))
+        fused = self.fused_gate_up
+        if fused is not None and fused.applies_to(self.gate_proj, self.up_proj):
+            gate, up = fused(x).split(fused.sizes, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -7,7 +7,6 @@ state dicts load as they are; loaders swap linears for quantized or adapter-wrap
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mistralrs_cli.models.attention import Attention, AttentionBatch, KVLayer
@@ -69,7 +68,7 @@ class MistralForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Final-norm hidden states (B, Q, hidden) for ids/positions (B, Q)."""
         m = self.model
-        x = F.embedding(input_ids, m.embed_tokens.weight)
+        x = m.embed_tokens(input_ids)  # a module call: GGUF embeddings stay quantized
         cos, sin = m.rotary.cos_sin(positions.clamp(min=0), x.dtype)  # (B, Q, rotary_dim)
         for i, layer in enumerate(m.layers):
             x = layer(x, cos, sin, batch, kv[i] if kv is not None else None)

@@ -1,0 +1,177 @@
+"""Filling the one model from a GGUF file: int4-packed linears on CPU, or dequantized dense weights."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from mistralrs_cli.errors import GGUFError, WeightError
+from mistralrs_cli.loading.gguf_config import check_tensor_names, unpermute_rows
+from mistralrs_cli.loading.gguf_file import GGUFFile, TensorInfo
+from mistralrs_cli.loading.quant import check_supported, dequantize
+from mistralrs_cli.loading.quant_pack import can_pack, int4_linear
+from mistralrs_cli.loading.weights import load_state_dict
+from mistralrs_cli.models.config import ModelConfig
+from mistralrs_cli.models.mistral import MistralForCausalLM
+from mistralrs_cli.models.quant_linear import QuantEmbedding
+
+_DENSE_TYPES = (0, 1, 30)  # F32, F16, BF16: stored as floats already
+
+
+def _raw_rows(g: GGUFFile, name: str, cfg: ModelConfig) -> torch.Tensor:
+    """Raw bytes of a tensor, with llama.cpp's q/k row permutation undone."""
+    raw = g.raw(name)
+    if ".attn_q." in name:
+        return unpermute_rows(raw, cfg.num_attention_heads)
+    if ".attn_k." in name:
+        return unpermute_rows(raw, cfg.num_key_value_heads)
+    return raw
+
+
+def _check(g: GGUFFile, info: TensorInfo, ours: str, expected: dict[str, torch.Size]) -> None:
+    check_supported(info.ggml_type, f"{g.path}: tensor {info.name!r}")
+    want = tuple(expected[ours])
+    if info.shape != want:
+        raise WeightError(f"{g.path}: tensor {info.name!r} has shape {info.shape}, the model expects {want}")
+
+
+def dense_state_dict(g: GGUFFile, cfg: ModelConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor dequantized to f32 (exact: bit-identical to gguf's reference dequantization)."""
+    names = check_tensor_names(g, cfg)
+    expected = dict(_expected_shapes(cfg))
+    out = {}
+    for ours, name in names.items():
+        info = g.tensors[name]
+        _check(g, info, ours, expected)
+        raw = _raw_rows(g, name, cfg).to(device)
+        out[ours] = dequantize(raw, info.ggml_type, info.shape[-1]).reshape(info.shape)
+    return out
+
+
+@contextmanager
+def _no_init() -> Iterator[None]:
+    """Skip random initialisation while building on `meta` (the first meta `normal_` alone
+    costs ~1 s of one-time imports; every value is overwritten anyway)."""
+    names = ("normal_", "uniform_", "kaiming_uniform_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
+def empty_model(cfg: ModelConfig) -> MistralForCausalLM:
+    """The model on the meta device, built without running weight initialisation."""
+    with _no_init(), torch.device("meta"):
+        return MistralForCausalLM(cfg)
+
+
+def _expected_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
+    shapes = {k: v.shape for k, v in empty_model(cfg).state_dict().items()}
+    if cfg.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)
+    return shapes
+
+
+def load_dense(g: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> MistralForCausalLM:
+    """The model with every weight dequantized to `dtype` on `device` (the exact reference path)."""
+    state = dense_state_dict(g, cfg, device)
+    return load_state_dict(empty_model(cfg), state, dtype, device, str(g.path))
+
+
+def load_quantized(g: GGUFFile, cfg: ModelConfig) -> tuple[MistralForCausalLM, dict[str, int]]:
+    """The model on CPU with linears kept 4-bit (Int4Linear) and the embedding kept in its GGUF form.
+
+    Types without an exact int4 form (Q2_K, Q3_K, Q6_K, floats) become dense bf16 linears.
+    Returns the model and a count of the storage used per kind, for `info`.
+    """
+    names = check_tensor_names(g, cfg)
+    expected = _expected_shapes(cfg)
+    model = empty_model(cfg)
+    kinds: Counter[str] = Counter()
+    biases = {ours: name for ours, name in names.items() if ours.endswith(".bias")}
+    plain: dict[str, torch.Tensor] = {}
+    for ours, name in names.items():
+        info = g.tensors[name]
+        _check(g, info, ours, expected)
+        if ours.endswith(".bias"):
+            continue
+        module_name = ours.rsplit(".", 1)[0]
+        module = model.get_submodule(module_name)
+        if isinstance(module, nn.Linear):
+            bias = _dense(g, biases[module_name + ".bias"], cfg) if module_name + ".bias" in biases else None
+            _set(model, module_name, _linear(g, info, cfg, bias, kinds))
+        elif isinstance(module, nn.Embedding):
+            _set(model, module_name, _embedding(g, info, kinds))
+            if cfg.tie_word_embeddings:
+                _set(model, "lm_head", _linear(g, info, cfg, None, kinds))
+        else:
+            plain[ours] = _dense(g, name, cfg)
+    model.load_state_dict(plain, assign=True, strict=False)
+    leftover = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if leftover:
+        raise GGUFError(f"{g.path}: no weights for {leftover[0]!r}")
+    return model.eval(), dict(kinds)
+
+
+def _dense(g: GGUFFile, name: str, cfg: ModelConfig) -> torch.Tensor:
+    info = g.tensors[name]
+    return dequantize(_raw_rows(g, name, cfg), info.ggml_type, info.shape[-1]).reshape(info.shape).clone()
+
+
+def _linear(g: GGUFFile, info: TensorInfo, cfg: ModelConfig, bias: torch.Tensor | None, kinds: Counter) -> nn.Module:
+    rows, cols = info.shape
+    raw = _raw_rows(g, info.name, cfg)
+    if can_pack(info.ggml_type) and cols % 32 == 0:
+        kinds[f"int4 ({info.type_name})"] += rows * cols
+        layer = int4_linear(raw, info.ggml_type, cols, bias)
+    else:
+        kinds[f"bf16 ({info.type_name})"] += rows * cols
+        layer = nn.Linear(cols, rows, bias=bias is not None, device="meta")
+        layer.weight = nn.Parameter(dequantize(raw, info.ggml_type, cols).to(torch.bfloat16), requires_grad=False)
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
+        layer = _Bf16Linear(layer)
+    # The packed copy replaces these pages (a quantized embedding re-reads its rows on demand).
+    g.release(info.name)
+    return layer
+
+
+def _embedding(g: GGUFFile, info: TensorInfo, kinds: Counter) -> nn.Module:
+    rows, cols = info.shape
+    kinds[f"embedding ({info.type_name})"] += rows * cols
+    if info.ggml_type in _DENSE_TYPES:
+        emb = nn.Embedding(rows, cols, device="meta")
+        emb.weight = nn.Parameter(dequantize(g.raw(info.name), info.ggml_type, cols).clone(), requires_grad=False)
+        return emb
+    gtype = info.ggml_type
+
+    def rows_f32(raw_rows: torch.Tensor) -> torch.Tensor:
+        return dequantize(raw_rows, gtype, cols)
+
+    # NOTE: `raw` views the memory-mapped file: only the rows actually looked up are read in.
+    return QuantEmbedding(g.raw(info.name), rows_f32, rows, cols)
+
+
+class _Bf16Linear(nn.Module):
+    """A dense bf16 linear that takes and returns the caller's dtype (for types int4 cannot hold)."""
+
+    def __init__(self, inner: nn.Linear) -> None:
+        super().__init__()
+        self.inner = inner
+        self.in_features, self.out_features = inner.in_features, inner.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(torch.bfloat16)).to(x.dtype)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)

