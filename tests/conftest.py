@@ -7,6 +7,11 @@ import os
 import pytest
 import torch
 
+# Without a GPU, numba.cuda kernels run in numba's simulator; it must be chosen before numba.cuda
+# is first imported by any test module (tests/kernels/conftest.py checks it again).
+if not torch.cuda.is_available():
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 # Keep the suite predictable on the 2-core CI machine.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
