@@ -15,6 +15,7 @@ from mistralrs_cli.engine import (
     TokenLogprob,
     Usage,
 )
+from mistralrs_cli.errors import RequestError
 from mistralrs_cli.frontends.openai_types import ChatCompletionRequest, CompletionRequest
 
 _OPENAI_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
@@ -30,7 +31,9 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, defaults: di
         values["max_tokens"] = limit
     values["stop"] = req.stop
     if isinstance(req, ChatCompletionRequest):
-        values["logprobs"] = req.logprobs
+        if req.top_logprobs and not req.logprobs:
+            raise RequestError("top_logprobs requires logprobs: true")
+        values["logprobs"] = bool(req.logprobs)
         values["top_logprobs"] = req.top_logprobs or 0
     elif req.logprobs is not None:
         values["logprobs"] = True
@@ -50,9 +53,17 @@ def submit_chat(engine: Engine, req: ChatCompletionRequest, defaults: dict[str, 
 
 
 def submit_completions(engine: Engine, req: CompletionRequest, defaults: dict[str, Any] | None = None) -> list[RequestStream]:
-    """Queue one engine request per prompt of a completions request."""
+    """Queue one engine request per prompt of a completions request (all or none: a bad prompt aborts the rest)."""
     params = sampling_params(req, defaults)
-    return [engine.submit(p, params=params, request_id=new_id("cmpl"), extensions=extensions(req)) for p in req.prompts()]
+    streams: list[RequestStream] = []
+    try:
+        for p in req.prompts():
+            streams.append(engine.submit(p, params=params, request_id=new_id("cmpl"), extensions=extensions(req)))
+    except BaseException:
+        for stream in streams:
+            stream.abort()
+        raise
+    return streams
 
 
 def new_id(prefix: str) -> str:

@@ -5,19 +5,70 @@ Unknown fields are ignored, as OpenAI does; known fields with the wrong type are
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
+
+from mistralrs_cli.engine.params import MAX_TOP_LOGPROBS
+
+TEXT_PARTS = ("text", "input_text")
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 16.0 is an integer to JSON Schema and to JavaScript clients.
+    # Strings and booleans still fail the strict int check.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Bounds on the fields below mirror SamplingParams' checks so the OpenAPI document states
+# them; the engine still validates everything (chat reaches it without these models).
+# NOTE: the bounds go before the validator, or pydantic leaves them out of the JSON schema.
+Int = Annotated[int, BeforeValidator(_integral)]
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+NonNegInt = Annotated[int, Field(ge=0), BeforeValidator(_integral)]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), BeforeValidator(_integral)]
+TokenId = NonNegInt
+Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0)]
+# {"token id": bias}: OpenAI sends ids as JSON object keys. The schema is spelled out because
+# pydantic's own (patternProperties) would still allow keys that are not ids.
+LogitBias = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[0-9]+$")], Annotated[float, Field(ge=-100.0, le=100.0)]],
+    WithJsonSchema({"type": "object", "propertyNames": {"pattern": "^[0-9]+$"},
+                    "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}}),
+]
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # NaN/Infinity parse from JSON in Python but mean nothing as sampling values.
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        # JSON may carry unpaired surrogates ("\ud800"); tokenizers cannot encode them.
+        for s in value if isinstance(value, list) else (value,):
+            if isinstance(s, str) and not s.isascii():
+                try:
+                    s.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("text contains an unpaired UTF-16 surrogate") from None
+        return value
 
 
 class ContentPart(_Lenient):
     """One part of a message's content array; only text parts are understood."""
 
-    type: str
+    # Only text: dropping an image silently would answer a different question than the one asked.
+    type: Literal["text", "input_text"]
     text: str | None = None
 
 
@@ -34,43 +85,43 @@ class ChatMessage(_Lenient):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text or "" for p in self.content if p.type in ("text", "input_text"))
+        return "".join(p.text or "" for p in self.content if p.type in TEXT_PARTS)
 
 
 class StreamOptions(_Lenient):
     """`stream_options`."""
 
-    include_usage: bool = False
+    include_usage: bool | None = False
 
 
 class _Sampling(_Lenient):
     model: str | None = None
-    max_tokens: int | None = Field(default=None)
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    n: int = 1
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    stream: bool = False
+    max_tokens: PositiveInt | None = None
+    temperature: float | None = Field(default=None, ge=0.0, description="0 = greedy.")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: NonNegInt | None = Field(default=None, description="0 = off.")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    n: Annotated[int, Field(ge=1, le=128), BeforeValidator(_integral)] | None = None
+    stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = None
+    seed: Int | None = None
+    presence_penalty: Penalty = None
+    frequency_penalty: Penalty = None
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    logit_bias: LogitBias | None = None
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # Extension: per-token mean X-LoRA scalings in the response.
-    xlora_scalings: bool = False
+    xlora_scalings: bool | None = False
 
 
 class ChatCompletionRequest(_Sampling):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = None
+    max_completion_tokens: PositiveInt | None = None
+    logprobs: bool | None = False
+    top_logprobs: TopLogprobs | None = None
 
     def plain_messages(self) -> list[dict[str, Any]]:
         """Messages as {role, content} dicts for the chat template (developer -> system)."""
@@ -87,9 +138,14 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     """POST /v1/completions."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = None
-    echo: bool = False
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
+    )
+    logprobs: TopLogprobs | None = None
+    echo: bool | None = False
 
     def prompts(self) -> list[str | list[int]]:
         """Every prompt in the request (a string, token ids, or lists of either)."""
@@ -107,6 +163,27 @@ class CompletionRequest(_Sampling):
 
 def validation_message(err: ValidationError) -> tuple[str, str | None]:
     """A one-line message and the offending parameter of a pydantic error."""
-    first = err.errors()[0]
-    param = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int)) or None
-    return f"{param or 'request'}: {first.get('msg', 'invalid value')}", param
+    return describe_errors(err.errors())
+
+
+def describe_errors(errors: Sequence[Any], skip: tuple[str, ...] = ()) -> tuple[str, str | None]:
+    """(message, param) for the most specific of pydantic's errors.
+
+    For a union (`content: str | list[ContentPart]`) pydantic reports every branch; the one
+    whose location goes deepest is the branch the client meant. `skip` drops location parts
+    such as FastAPI's "body".
+    """
+    if not errors:
+        return "invalid request", None
+    # Deepest first; at equal depth a failed constraint says more than a type mismatch.
+    best = max(errors, key=lambda e: (len(e.get("loc", ())), not str(e.get("type", "")).endswith("_type")))
+    # Drop list positions and union-branch tags ("str", "list[ContentPart]") from the path.
+    names = [str(p) for p in best.get("loc", ()) if isinstance(p, str) and p not in skip and not _branch_tag(p)]
+    param = ".".join(names) or None
+    message = "is required" if best.get("type") == "missing" else best.get("msg", "invalid value")
+    return f"{param or 'request'}: {message}", param
+
+
+def _branch_tag(part: str) -> bool:
+    # Field names are snake_case; pydantic's tags look like "list[int]" or "constrained-str".
+    return "[" in part or "-" in part or part in ("str", "int", "float", "bool", "list", "dict", "none", "literal")

@@ -1,0 +1,163 @@
+"""The outermost ASGI layer: request body size limit, per-request metrics, and the --log JSON lines.
+
+A pure ASGI middleware (not Starlette's BaseHTTPMiddleware) so streamed responses pass
+through untouched and a client disconnect still reaches the route.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mistralrs_cli.frontends.server_errors import ApiError
+from mistralrs_cli.frontends.server_state import ServerState
+
+ENDPOINTS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions", "/health", "/metrics",
+                       "/openapi.json", "/docs"})
+LOG_BODY_CAP = 1 << 20  # response bytes kept for the log; longer bodies are logged as truncated
+CLIENT_GONE = 499  # nginx's "client closed request": logged and counted, never sent
+
+
+class RequestLog:
+    """Appends one JSON object per line to a file, flushed per line so a crash loses nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "a", encoding="utf-8")  # closed by close()
+        self._lock = threading.Lock()
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record."""
+        line = json.dumps(record, ensure_ascii=False, default=str)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._file.close()
+
+
+def endpoint_of(path: str) -> str:
+    """A bounded label for metrics: the route, or "other" (so random 404 paths add no series)."""
+    if path in ENDPOINTS:
+        return path
+    return "/v1/models" if path.startswith("/v1/models/") else "other"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing (413) past `limit` bytes without reading the rest."""
+    declared = dict(scope.get("headers", [])).get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive() that yields the buffered body once, then defers to the server (disconnects)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class HttpMiddleware:
+    """Body limit, metrics and the request log around the FastAPI app."""
+
+    def __init__(self, app: ASGIApp, state: ServerState, request_log: RequestLog | None) -> None:
+        self.app, self.state, self.log = app, state, request_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        info: dict[str, Any] = {"started": started}
+        scope["mistralrs"] = info  # routes leave a summary of streamed output here
+        status = 0
+        is_json = False
+        out = bytearray()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, is_json
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                is_json = dict(message.get("headers", [])).get(b"content-type", b"").startswith(b"application/json")
+            elif message["type"] == "http.response.body" and is_json and self.log and len(out) < LOG_BODY_CAP:
+                out.extend(message.get("body", b""))
+            await send(message)
+
+        body = b""
+        try:
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await _read_body(scope, receive, self.state.config.max_body_bytes)
+            await self.app(scope, _replay(body, receive), send_wrapper)
+        except _BodyTooLarge:
+            limit = self.state.config.max_body_bytes
+            err = ApiError(413, f"the request body is larger than the limit of {limit} bytes", code="request_too_large")
+            await err.response()(scope, receive, send_wrapper)
+        except _ClientGone:
+            status = CLIENT_GONE
+        finally:
+            status = info.get("status", status) or 500  # a route may report a client that left (499)
+            seconds = time.perf_counter() - started
+            self.state.metrics.request_done(endpoint_of(scope["path"]), status, seconds)
+            if self.log is not None:
+                self.log.write(_record(scope, status, seconds, body, bytes(out), info.get("summary")))
+
+
+def _record(scope: Scope, status: int, seconds: float, body: bytes, out: bytes, summary: Any) -> dict[str, Any]:
+    client = scope.get("client")
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "client": client[0] if client else None,
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "duration_s": round(seconds, 4),
+        "request": _decode(body),
+        "response": _decode(out) if out else summary,  # the JSON body, or a summary of a stream
+    }
+
+
+def _decode(data: bytes) -> Any:
+    if not data:
+        return None
+    if len(data) >= LOG_BODY_CAP:
+        return {"truncated": True, "bytes": len(data)}
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data.decode("utf-8", "replace")

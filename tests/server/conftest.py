@@ -1,0 +1,130 @@
+"""Server fixtures: a real uvicorn server on a loopback port, in a thread, over the tiny model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from mistralrs_cli.engine import Engine, EngineConfig
+from mistralrs_cli.frontends.server import DrainingServer, bind_socket, create_app
+from mistralrs_cli.frontends.server_state import ServerConfig, ServerState
+from mistralrs_cli.loading.loader import load_model
+from mistralrs_cli.spec import ModelSpec
+
+API_KEY = "test-key-123"
+
+
+class LiveServer:
+    """A server started in a background thread; `url` is http://127.0.0.1:PORT."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.app = create_app(state)
+        sock = bind_socket("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        config = uvicorn.Config(self.app, lifespan="off", access_log=False, log_level="warning",
+                                timeout_graceful_shutdown=int(state.config.drain_timeout) + 5)
+        self.server = DrainingServer(config, state)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+
+    def client(self, api_key: str = "none", **kwargs) -> openai.OpenAI:
+        """The official SDK pointed at this server (no retries: tests want the first answer)."""
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=60, **kwargs)
+
+    def http(self) -> httpx.Client:
+        """A plain HTTP client for what the SDK cannot send (bad JSON, huge bodies)."""
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until no request is in flight and the engine holds no KV blocks."""
+        deadline = time.monotonic() + timeout
+        while True:
+            engine = self.state.engine
+            stats = engine.stats() if engine else None
+            if self.state.in_flight == 0 and stats is not None and stats.kv_blocks_used == 0 and not stats.running:
+                return
+            assert time.monotonic() < deadline, f"not idle: in_flight={self.state.in_flight} stats={stats}"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Shut down as on SIGTERM (drain, then abort) and wait for the thread."""
+        self.server.handle_exit(15, None)
+        self.thread.join(30)
+        self.state.close()
+        assert not self.thread.is_alive(), "server did not stop"
+
+
+def start_server(loaded, config: ServerConfig | None = None,
+                 load: Callable[[], Engine] | None = None, engine_config: EngineConfig | None = None) -> LiveServer:
+    """A LiveServer whose engine loads via `load` (default: an Engine over `loaded`); waits until ready."""
+    state = ServerState(config or ServerConfig(host="127.0.0.1", port=0), "tiny")
+    live = LiveServer(state)
+    state.start_loading(load or (lambda: Engine(loaded, engine_config or EngineConfig(max_seqs=8))))
+    if load is None:
+        deadline = time.monotonic() + 30
+        while state.engine is None:
+            assert time.monotonic() < deadline, "engine did not start"
+            time.sleep(0.01)
+    return live
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_mistral_dir):
+    """The tiny Mistral, loaded once; each server builds its own Engine over it."""
+    return load_model(ModelSpec(kind="mistral", model_id=str(tiny_mistral_dir), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def request_log(tmp_path_factory):
+    """Where the shared server writes its --log lines."""
+    return tmp_path_factory.mktemp("server-log") / "requests.jsonl"
+
+
+@pytest.fixture(scope="session")
+def server(tiny_loaded, request_log) -> Iterator[LiveServer]:
+    """The shared server: no auth, 1 MiB body limit, a request log."""
+    live = start_server(tiny_loaded, ServerConfig(host="127.0.0.1", port=0, log_file=request_log,
+                                                  max_body_bytes=1 << 20))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_server(tiny_loaded) -> Iterator[LiveServer]:
+    """A server that requires API_KEY."""
+    live = start_server(tiny_loaded, ServerConfig(host="127.0.0.1", port=0, api_key=API_KEY))
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def fresh_server(tiny_loaded) -> Iterator[Callable[..., LiveServer]]:
+    """Factory for a server a test may break or shut down; all are stopped at the end."""
+    started: list[LiveServer] = []
+
+    def make(**overrides) -> LiveServer:
+        engine_config = overrides.pop("engine_config", None)
+        load = overrides.pop("load", None)
+        config = replace(ServerConfig(host="127.0.0.1", port=0), **overrides)
+        live = start_server(tiny_loaded, config, load=load, engine_config=engine_config)
+        started.append(live)
+        return live
+
+    yield make
+    for live in started:
+        if live.thread.is_alive():
+            live.stop()
+        else:
+            live.state.close()
