@@ -53,3 +53,11 @@ def test_no_partial_characters_are_emitted(tiny_mistral_dir):
     pieces = [detok.push(i) for i in tok.encode("日本🙂", add_special_tokens=False)]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) + detok.flush() == "日本🙂"
+
+
+def test_lone_surrogate_is_a_request_error(tiny_mistral_dir):
+    from mistralrs_cli.errors import RequestError
+
+    tok = TextTokenizer(_byte_level_tokenizer(tiny_mistral_dir))
+    with pytest.raises(RequestError, match="surrogate"):
+        tok.encode("a\ud800b")

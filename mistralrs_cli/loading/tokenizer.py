@@ -48,7 +48,13 @@ class TextTokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; special tokens (bos) added by the tokenizer's post-processor."""
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError:
+            # `tokenizers` refuses strings that are not valid Unicode (lone surrogates).
+            from mistralrs_cli.errors import RequestError
+
+            raise RequestError("the text is not valid Unicode (it holds an unpaired surrogate)") from None
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`."""
