@@ -1,0 +1,170 @@
+"""`mistralrs bench`: TTFT, prefill and decode speed at batch 1, and throughput with N concurrent requests.
+
+Every number comes from the real engine (its thread, scheduler, cache and sampler) driven
+through the async streams the server uses; prompts are random token ids, sampling is
+greedy and EOS is ignored, so every request generates exactly `tokens` tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mistralrs_cli.engine import Engine, EngineConfig, SamplingParams
+from mistralrs_cli.engine.threads import engine_threads
+from mistralrs_cli.loading.loaded import LoadedModel
+from mistralrs_cli.loading.tokenizer import TextTokenizer
+from mistralrs_cli.models.config import ModelConfig
+from mistralrs_cli.models.mistral import MistralForCausalLM
+
+# SmolLM2-135M's shapes: the stand-in for the default model while no weights are at hand.
+SMOLLM2_135M = ModelConfig(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+    model_type="llama",
+)
+
+
+def random_model(cfg: ModelConfig = SMOLLM2_135M, dtype: torch.dtype = torch.float32, seed: int = 0) -> LoadedModel:
+    """A randomly initialised model of `cfg`'s shapes with a word-level tokenizer: speed only."""
+    from tokenizers import Tokenizer, models
+
+    torch.manual_seed(seed)
+    model = MistralForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02)
+    model.tie_weights()
+    model = model.to(dtype).eval()
+    vocab = {f"t{i}": i for i in range(cfg.vocab_size)}
+    tokenizer = TextTokenizer(Tokenizer(models.WordLevel(vocab, unk_token="t0")))
+    return LoadedModel(model, cfg, tokenizer, "random-smollm2-135m", torch.device("cpu"), dtype, {"format": "random"})
+
+
+@dataclass
+class _Timing:
+    submitted: float
+    first: float = 0.0
+    last: float = 0.0
+    tokens: int = 0
+
+
+async def _consume(engine: Engine, prompt: list[int], tokens: int) -> _Timing:
+    params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+    timing = _Timing(time.perf_counter())
+    async for delta in engine.submit(prompt, params=params):
+        now = time.perf_counter()
+        if delta.token_ids and not timing.tokens:
+            timing.first = now
+        timing.tokens += len(delta.token_ids)
+        timing.last = now
+    return timing
+
+
+def _run(engine: Engine, prompts: list[list[int]], tokens: int) -> tuple[list[_Timing], float]:
+    async def main() -> list[_Timing]:
+        return list(await asyncio.gather(*(_consume(engine, p, tokens) for p in prompts)))
+
+    start = time.perf_counter()
+    timings = asyncio.run(main())
+    return timings, time.perf_counter() - start
+
+
+def run_bench(
+    loaded: LoadedModel,
+    concurrency: int = 32,
+    tokens: int = 64,
+    prompt_len: int = 64,
+    json_out: bool = False,
+    config: EngineConfig | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure the engine on `loaded`; print a rich table to stderr (and JSON to stdout if asked)."""
+    config = config or EngineConfig(max_seqs=max(concurrency, 1))
+    rng = random.Random(seed)
+    vocab = loaded.config.vocab_size
+
+    def prompt() -> list[int]:
+        return [rng.randrange(3, vocab) for _ in range(prompt_len)]
+
+    with Engine(loaded, config) as engine:
+        _run(engine, [prompt()], 4)  # warm-up: first-call allocations, rotary table
+        (one,), _ = _run(engine, [prompt()], tokens)
+        many, wall = _run(engine, [prompt() for _ in range(concurrency)], tokens)
+        stats = engine.stats()
+    ttft = one.first - one.submitted
+    decode_1 = (one.tokens - 1) / (one.last - one.first) if one.tokens > 1 else 0.0
+    generated = sum(t.tokens for t in many)
+    throughput = generated / wall
+    result = {
+        "model": loaded.name,
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "threads": engine_threads(engine.config.threads),
+        "prompt_len": prompt_len,
+        "tokens": tokens,
+        "concurrency": concurrency,
+        "max_seqs": engine.config.max_seqs,
+        "batch1": {
+            "ttft_s": ttft,
+            "prefill_tok_s": prompt_len / ttft,
+            "decode_tok_s": decode_1,
+        },
+        "concurrent": {
+            "wall_s": wall,
+            "generated_tokens": generated,
+            "throughput_tok_s": throughput,
+            "mean_ttft_s": sum(t.first - t.submitted for t in many) / len(many),
+            "max_ttft_s": max(t.first - t.submitted for t in many),
+            "preemptions": stats.preemptions,
+        },
+        "speedup_vs_batch1_decode": throughput / decode_1 if decode_1 else None,
+    }
+    print_table(result)
+    if json_out:
+        print(json.dumps(result, indent=2))
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The bench result as a rich table on stderr."""
+    from rich.console import Console
+    from rich.table import Table
+
+    b1, cc = result["batch1"], result["concurrent"]
+    table = Table(title=f"mistralrs bench — {result['model']} ({result['device']}, {result['dtype']}, "
+                  f"{result['threads']} threads, prompt {result['prompt_len']}, {result['tokens']} tokens)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("TTFT (batch 1)", f"{b1['ttft_s'] * 1000:.0f} ms")
+    table.add_row("prefill (batch 1)", f"{b1['prefill_tok_s']:.1f} tok/s")
+    table.add_row("decode (batch 1)", f"{b1['decode_tok_s']:.2f} tok/s")
+    table.add_row(f"throughput ({result['concurrency']} concurrent)", f"{cc['throughput_tok_s']:.2f} tok/s")
+    table.add_row("  mean / max TTFT", f"{cc['mean_ttft_s']:.2f} / {cc['max_ttft_s']:.2f} s")
+    if result["speedup_vs_batch1_decode"] is not None:
+        table.add_row("throughput / batch-1 decode", f"{result['speedup_vs_batch1_decode']:.1f}x")
+    Console(stderr=True).print(table)
+
+
+if __name__ == "__main__":  # python -m mistralrs_cli.bench [concurrency tokens prompt_len]
+    from mistralrs_cli.engine.threads import keep_main_thread_serial
+
+    keep_main_thread_serial()
+    args = [int(a) for a in sys.argv[1:4]]
+    run_bench(random_model(), *args, json_out=True)

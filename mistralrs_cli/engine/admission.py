@@ -1,0 +1,80 @@
+"""Turning what a frontend submits into a validated Request: tokenize, fit the context and the cache.
+
+Runs in the caller's thread, so a bad request raises RequestError to the caller at once
+and never reaches the engine loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mistralrs_cli.engine.params import SamplingParams
+from mistralrs_cli.errors import RequestError
+from mistralrs_cli.loading.tokenizer import TextTokenizer
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What every request must fit: the context, the vocabulary and the KV pool."""
+
+    max_model_len: int
+    vocab_size: int
+    truncate: bool
+    num_blocks: int
+    max_seqs: int
+    blocks_for: Callable[[int], int]  # blocks one sequence of that many tokens holds at most
+
+
+def prompt_ids(
+    tokenizer: TextTokenizer,
+    prompt: str | list[int] | None,
+    messages: list[dict[str, Any]] | None,
+    vocab_size: int,
+) -> list[int]:
+    """Token ids of a text prompt, a list of ids, or chat messages (exactly one of them)."""
+    if (prompt is None) == (messages is None):
+        raise RequestError("give exactly one of a prompt or chat messages")
+    if messages is not None:
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise RequestError("messages must be a list of {role, content} objects")
+        ids = tokenizer.encode_chat(messages)
+    elif isinstance(prompt, str):
+        ids = tokenizer.encode(prompt)
+    else:
+        ids = list(prompt)
+        bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise RequestError(f"prompt token id {bad!r} is not in the vocabulary (0..{vocab_size - 1})")
+    if not ids:
+        raise RequestError("the prompt is empty")
+    return ids
+
+
+def fit_prompt(ids: list[int], params: SamplingParams, limits: Limits) -> tuple[list[int], int]:
+    """(prompt ids, max_tokens) fitted to the context, truncating only when asked."""
+    ctx = limits.max_model_len
+    want = params.max_tokens
+    if want is not None and want >= ctx:
+        raise RequestError(f"max_tokens {want} must be smaller than the context length {ctx}")
+    room = ctx - (want or 1)  # prompt tokens that fit while leaving room for max_tokens
+    if len(ids) > room:
+        if not limits.truncate:
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens; with max_tokens {want or 1} the context of {ctx} "
+                f"allows at most {room} (shorten it or use --truncate-sequence)"
+            )
+        ids = ids[len(ids) - room :]  # keep the end: the most recent turns matter most
+    max_tokens = want if want is not None else ctx - len(ids)
+    if params.logit_bias and max(params.logit_bias) >= limits.vocab_size:
+        raise RequestError(f"logit_bias token {max(params.logit_bias)} is not in the vocabulary")
+    if params.n > limits.max_seqs:
+        raise RequestError(f"n={params.n} choices exceed --max-seqs {limits.max_seqs}")
+    needed = limits.blocks_for(len(ids) + max_tokens) * params.n
+    if needed > limits.num_blocks:
+        raise RequestError(
+            f"this request needs up to {needed} KV blocks but the cache has {limits.num_blocks}; "
+            "lower max_tokens or n, or raise --kv-cache-mem"
+        )
+    return ids, max_tokens

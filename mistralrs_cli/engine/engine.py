@@ -1,0 +1,146 @@
+"""Engine: the thread-safe front door. One background thread owns the model and steps it.
+
+Any thread (or an asyncio loop) submits requests and reads its own RequestStream; abort
+is a message to the engine thread, handled before the next step, which frees the cache.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from typing import Any
+
+import torch
+
+from mistralrs_cli.engine.config import EngineConfig
+from mistralrs_cli.engine.core import EngineCore
+from mistralrs_cli.engine.outputs import EngineError, EngineStats, RequestOutput
+from mistralrs_cli.engine.params import SamplingParams
+from mistralrs_cli.engine.scalings import ChoiceScalings
+from mistralrs_cli.engine.sequence import Request
+from mistralrs_cli.engine.stream import RequestStream
+from mistralrs_cli.engine.threads import engine_threads
+from mistralrs_cli.errors import RequestError
+from mistralrs_cli.loading.loaded import LoadedModel
+
+log = logging.getLogger(__name__)
+
+_ADD, _ABORT, _STOP = "add", "abort", "stop"
+
+
+class Engine:
+    """Continuous-batching generation over one loaded model; usable from many threads."""
+
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+        self.loaded = loaded
+        self.core = EngineCore(loaded, config)
+        self.config = self.core.config
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._ids = itertools.count()
+        self._stats = self.core.stats()
+        self.core.publish_stats = self._publish
+        self._closed = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="mistralrs-engine", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        prompt: str | list[int] | None = None,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        extensions: dict[str, Any] | None = None,
+    ) -> RequestStream:
+        """Validate and queue a request; raises RequestError for a request that can never run."""
+        rid = request_id or f"req-{next(self._ids)}"
+        request = self.core.new_request(rid, prompt, messages, params, extensions, self.abort)
+        with self._lock:  # NOTE: so no request can be queued behind the stop message
+            if self._closed:
+                raise EngineError("the engine is shut down")
+            self._inbox.put((_ADD, request))
+        return request.stream
+
+    def generate(
+        self,
+        prompt: str | list[int] | None = None,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        params: SamplingParams | None = None,
+    ) -> RequestOutput:
+        """Submit and block until the request finishes."""
+        return self.submit(prompt, messages=messages, params=params).result()
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request from any thread; its stream ends with `abort` deltas."""
+        self._inbox.put((_ABORT, request_id))
+
+    def scalings(self, request_id: str) -> dict[int, ChoiceScalings]:
+        """X-LoRA per-token scalings of a finished request's choices (asked with `xlora_scalings`)."""
+        return self.core.scalings.get(request_id)
+
+    def stats(self) -> EngineStats:
+        """Counters as of the end of the last engine step."""
+        return self._stats
+
+    def _publish(self, stats: EngineStats) -> None:
+        self._stats = stats  # one reference assignment: atomic for readers in other threads
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Abort every request and stop the engine thread."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._inbox.put((_STOP, None))
+        self._thread.join(timeout)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # --- engine thread ---
+    def _loop(self) -> None:
+        core = self.core
+        torch.set_num_threads(engine_threads(self.config.threads))
+        while True:
+            messages = [] if core.has_work() else [self._inbox.get()]  # idle: sleep until told
+            while True:
+                try:
+                    messages.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                if not self._handle(messages):
+                    return
+                if core.has_work():
+                    core.step()
+            except Exception as e:  # the model raised: fail these requests, keep serving
+                log.exception("engine step failed")
+                core.fail_all(e)
+            self._stats = core.stats()
+
+    def _handle(self, messages: list[tuple[str, Any]]) -> bool:
+        """Apply queued messages; False once told to stop (every request is aborted first)."""
+        for kind, payload in messages:
+            if kind == _ADD:
+                self._add(payload)
+            elif kind == _ABORT:
+                self.core.abort(payload)
+            else:
+                for rid in list(self.core.requests):
+                    self.core.abort(rid)
+                self._stats = self.core.stats()
+                return False
+        return True
+
+    def _add(self, request: Request) -> None:
+        if request.request_id in self.core.requests:
+            request.stream.put(RequestError(f"request id {request.request_id!r} is already running"))
+            request.stream.close()
+            return
+        self.core.add(request)
