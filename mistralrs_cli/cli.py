@@ -68,7 +68,12 @@ def root(
     truncate_sequence: Annotated[
         bool, typer.Option("--truncate-sequence", help="Truncate prompts longer than the context (keeping room for max_tokens) instead of rejecting them.")
     ] = False,
-    max_seqs: Annotated[int, typer.Option("--max-seqs", min=1, help="Most sequences running at once.")] = 16,
+    max_seqs: Annotated[
+        int | None, typer.Option("--max-seqs", min=1, help="Most sequences running at once (default 32 on CPU, 128 on GPU).")
+    ] = None,
+    prefix_cache: Annotated[
+        bool, typer.Option("--prefix-cache", help="Share the KV cache of identical prompt prefixes between requests.")
+    ] = False,
     no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="Recompute the whole sequence every step (debugging).")] = False,
     kv_cache_mem: Annotated[
         float | None, typer.Option("--kv-cache-mem", help="KV cache budget in MiB (default: sized from free memory).")
@@ -87,6 +92,7 @@ def root(
         log=log,
         truncate_sequence=truncate_sequence,
         max_seqs=max_seqs,
+        prefix_cache=prefix_cache,
         no_kv_cache=no_kv_cache,
         kv_cache_mem=kv_cache_mem,
         chat_template=chat_template,

@@ -26,7 +26,8 @@ class ModeOptions:
     serve_ip: str = "127.0.0.1"
     log: Path | None = None
     truncate_sequence: bool = False
-    max_seqs: int = 16
+    max_seqs: int | None = None
+    prefix_cache: bool = False
     no_kv_cache: bool = False
     kv_cache_mem: float | None = None
     chat_template: str | None = None
@@ -42,6 +43,9 @@ def run_mode(ctx: typer.Context, spec: ModelSpec) -> None:
     if opts.mode == "serve" and opts.mode_options.get("port") is None:
         opts.mode_options["port"] = opts.port
     _setup_logging(opts)
+    from mistralrs_cli.engine.threads import keep_main_thread_serial
+
+    keep_main_thread_serial()  # torch's thread pool belongs to the engine thread (see engine/threads.py)
     try:
         _dispatch(mode, spec, opts)
     except MistralrsError as e:
@@ -67,7 +71,7 @@ def _dispatch(mode: str, spec: ModelSpec, opts: ModeOptions) -> None:
         config = engine_config(spec, opts)
         from dataclasses import replace
 
-        config = replace(config, max_seqs=max(mo["concurrency"], opts.max_seqs))
+        config = replace(config, max_seqs=max(mo["concurrency"], opts.max_seqs or 0))
         run_bench(load_with_status(spec), config=config, **mo)
         return
     if mode == "batch":

@@ -40,6 +40,7 @@ from mistralrs_cli.frontends.openai_convert import (
     completion_response,
     submit_chat,
     submit_completions,
+    xlora_field,
 )
 from mistralrs_cli.frontends.openai_types import (
     ChatCompletionRequest,
@@ -154,11 +155,13 @@ async def _answer(engine: Engine, item: BatchRequest, defaults: dict[str, Any]) 
         if item.url == "/v1/chat/completions":
             req = ChatCompletionRequest.model_validate({**item.body, "stream": False})
             out = await submit_chat(engine, req, defaults).aresult()
-            body = chat_response(out, model)
+            body = chat_response(out, model, xlora_field(engine, [out]) if req.xlora_scalings else None)
         else:
             creq = CompletionRequest.model_validate({**item.body, "stream": False})
             outs = [await s.aresult() for s in submit_completions(engine, creq, defaults)]
             body = completion_response(outs, model)
+            if creq.xlora_scalings:
+                body.update(xlora_field(engine, outs))
     except ValidationError as e:
         message, _ = validation_message(e)
         return error_record(item.custom_id, item.line, "invalid_request", f"line {item.line}: {message}"), None

@@ -13,6 +13,7 @@ def engine_config(spec: ModelSpec, opts: ModeOptions) -> EngineConfig:
         max_seqs=opts.max_seqs,
         kv_cache_mem_mb=int(opts.kv_cache_mem) if opts.kv_cache_mem is not None else None,
         truncate_sequence=opts.truncate_sequence,
+        prefix_caching=opts.prefix_cache,
         no_kv_cache=opts.no_kv_cache,
         repeat_last_n=spec.repeat_last_n,
     )

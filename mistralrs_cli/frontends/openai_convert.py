@@ -171,3 +171,12 @@ def usage_chunk(rid: str, model: str, created: int, obj: str, usage: dict[str, i
 def _finish(reason: str | None) -> str | None:
     # OpenAI knows stop/length; an aborted choice is reported as stopped.
     return "stop" if reason == "abort" else reason
+
+
+def xlora_field(engine: Engine, outs: list[RequestOutput]) -> dict[str, Any]:
+    """The `xlora_scalings` extension: per choice, the per-token layer-mean scalings of every adapter."""
+    choices = []
+    for i, out in enumerate(outs):
+        for index, record in sorted(engine.scalings(out.request_id).items()):
+            choices.append({"index": i * len(out.choices) + index, **record.as_json()})
+    return {"xlora_scalings": choices}

@@ -13,26 +13,25 @@ PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "
 
 
 def render_last_scalings(engine: Engine, request_id: str | None) -> Any:
-    """A rich renderable for the request's per-token scalings, or None when the model has none."""
-    model = engine.loaded.model
-    getter = getattr(model, "token_scalings", None)
-    if getter is None or request_id is None:
+    """A rich renderable for the request's per-token scalings, or None when there are none."""
+    if request_id is None:
         return None
-    record = getter(request_id)
+    record = engine.scalings(request_id).get(0)
     if record is None:
         return None
-    tokens, scalings, names = record  # list[int], (T, n_adapters) mean over layers, adapter names
     tok = engine.loaded.tokenizer
+    names = record.adapters
     text = Text()
     counts = [0] * len(names)
-    for token_id, row in zip(tokens, scalings, strict=False):
-        best = int(max(range(len(names)), key=lambda i: row[i]))
+    for token_id, row in zip(record.token_ids, record.scalings.tolist(), strict=True):
+        best = max(range(len(names)), key=lambda i: row[i])
         counts[best] += 1
         text.append(tok.decode([token_id], skip_special_tokens=False), style=PALETTE[best % len(PALETTE)])
     legend = Text()
     total = max(1, sum(counts))
     for i, name in enumerate(names):
         share = counts[i] / total
-        legend.append(f"{name:>16} ", style=PALETTE[i % len(PALETTE)])
-        legend.append("█" * round(share * 30) + f" {share:5.1%}\n", style=PALETTE[i % len(PALETTE)])
+        style = PALETTE[i % len(PALETTE)]
+        legend.append(f"{name:>16} ", style=style)
+        legend.append("█" * round(share * 30) + f" {share:5.1%} of tokens\n", style=style)
     return Group(Text("Dominant adapter per token:", style="bold"), text, Text(""), legend)

@@ -24,6 +24,7 @@ from mistralrs_cli.frontends.openai_convert import (
     completion_response,
     submit_chat,
     submit_completions,
+    xlora_field,
 )
 from mistralrs_cli.frontends.openai_types import ChatCompletionRequest, CompletionRequest
 from mistralrs_cli.frontends.server_errors import SERVER, ApiError, request_error
@@ -125,7 +126,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     if body.stream:
         include = bool(body.stream_options and body.stream_options.include_usage)
         return _sse(chat_events(ticket.streams[0], ticket, state.model_name, include), ticket)
-    return await _respond(request, ticket, lambda outs: chat_response(outs[0], state.model_name))
+    extra = (lambda outs: xlora_field(engine, outs)) if body.xlora_scalings else (lambda outs: None)
+    return await _respond(request, ticket, lambda outs: chat_response(outs[0], state.model_name, extra(outs)))
 
 
 @v1.post("/completions", summary="Text completion (streamed with stream: true)", responses=GENERATED)
@@ -143,7 +145,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     if body.stream:
         include = bool(body.stream_options and body.stream_options.include_usage)
         return _sse(completion_events(ticket.streams, ticket, state.model_name, include, echo), ticket)
-    return await _respond(request, ticket, lambda outs: completion_response(outs, state.model_name, echo))
+    extra = (lambda outs: xlora_field(engine, outs)) if body.xlora_scalings else (lambda outs: {})
+    return await _respond(request, ticket,
+                          lambda outs: {**completion_response(outs, state.model_name, echo), **extra(outs)})
 
 
 def _prompt_text(engine: Any, prompt: str | list[int]) -> str:
