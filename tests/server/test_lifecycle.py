@@ -124,14 +124,15 @@ def test_engine_error_mid_stream_ends_with_error_event_and_done(fresh_server):
 
     runner.run = failing_run
     lines: list[str] = []
-    _stream_in_thread(live, {"messages": MSG, "max_tokens": 50}, lines).join(20)
+    # NO_EOS: a sampled EOS within the first three tokens would end the stream before the failure.
+    _stream_in_thread(live, {"messages": MSG, "max_tokens": 50, **NO_EOS}, lines).join(20)
     events = _events(lines)
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert error["type"] == "server_error" and "simulated device failure" in error["message"]
     steps.clear()
     with pytest.raises(openai.InternalServerError) as e:  # the same failure, not streamed: a 500
-        live.client().chat.completions.create(model="m", messages=MSG, max_tokens=50)
+        live.client().chat.completions.create(model="m", messages=MSG, max_tokens=50, extra_body=NO_EOS)
     assert e.value.status_code == 500
     runner.run = run  # the engine recovers: later requests are served
     assert live.client().chat.completions.create(model="m", messages=MSG, max_tokens=3,
