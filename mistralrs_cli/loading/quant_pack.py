@@ -22,11 +22,11 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mistralrs_cli.loading.quant import f16_at, k_scale_min, nibbles, q5_high_bits
-from mistralrs_cli.models.quant_linear import BLOCK_N, Int4Linear, pack_int4, scale_zero_table
+from mistralrs_cli.models.quant_linear import Int4Linear, block_n, int4_available, pack_int4, scale_zero_table
 
 Q = GGMLQuantizationType
 Codes = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]  # u (n_blocks, 32), s, c (n_blocks, 1), bits
-_CHUNK_ROWS = 4096  # rows converted at once: bounds the temporaries (a multiple of BLOCK_N)
+_CHUNK_ROWS = 4096  # rows converted at once: bounds the temporaries (a multiple of any block_n())
 
 
 def _q4_0(b: torch.Tensor) -> Codes:
@@ -125,18 +125,19 @@ def _block_scales(src: np.ndarray, ggml_type: int) -> tuple[torch.Tensor, torch.
 def _direct_terms(raw: torch.Tensor, ggml_type: int, cols: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Q4_0/Q4_1/Q8_0 straight from block bytes to the packed layout (no (N, K) code matrix).
 
-    Row r = 64b + j pairs with row r + 32 in one byte, so split the rows into the two halves
-    of each 64-row block (A, C) and combine their nibbles where they lie in the GGML block.
+    With B = block_n(), row r = Bb + j pairs with row r + B/2 in one byte, so split the rows into
+    the two halves of each B-row block (A, C) and combine their nibbles where they lie in the
+    GGML block.
     """
-    rows = raw.shape[0]
+    rows, block = raw.shape[0], block_n()
     groups = cols // 32
     _, size = GGML_QUANT_SIZES[Q(ggml_type)]
     s, c = _block_scales(raw.contiguous().numpy(), ggml_type)
-    blocks = raw.reshape(rows // BLOCK_N, 2, BLOCK_N // 2, groups, size)
-    a, b = blocks[:, 0], blocks[:, 1]  # (N/64, 32, B, size): rows 64n+j and 64n+32+j
+    blocks = raw.reshape(rows // block, 2, block // 2, groups, size)
+    a, b = blocks[:, 0], blocks[:, 1]  # (N/B, B/2, groups, size): rows Bn+j and Bn+B/2+j
 
-    def layout(packed: torch.Tensor) -> torch.Tensor:  # (N/64, 32, K) bytes -> (N, K/2)
-        return packed.reshape(rows // BLOCK_N, BLOCK_N // 2, cols).transpose(1, 2).contiguous().view(rows, cols // 2)
+    def layout(packed: torch.Tensor) -> torch.Tensor:  # (N/B, B/2, K) bytes -> (N, K/2)
+        return packed.reshape(rows // block, block // 2, cols).transpose(1, 2).contiguous().view(rows, cols // 2)
 
     if ggml_type == Q.Q8_0:
         ua, ub = a[..., 2:] ^ 0x80, b[..., 2:] ^ 0x80  # u = int8 + 128
@@ -148,7 +149,7 @@ def _direct_terms(raw: torch.Tensor, ggml_type: int, cols: int) -> list[tuple[to
     qa, qb = a[..., off:], b[..., off:]  # byte t holds values t (low nibble) and t + 16 (high)
     first = (qa & 0x0F) | ((qb & 0x0F) << 4)
     second = (qa >> 4) | (qb & 0xF0)
-    packed = layout(torch.stack((first, second), dim=3))  # (N/64, 32, B, 2, 16) = (N/64, 32, K)
+    packed = layout(torch.stack((first, second), dim=3))  # (N/B, B/2, groups, 2, 16) = (N/B, B/2, K)
     return [(packed, scale_zero_table(s, c + 8 * s))]
 
 
@@ -157,7 +158,7 @@ def int4_linear(
 ) -> Int4Linear:
     """An Int4Linear from a GGML tensor's raw rows (direct re-pack, or via code matrices in chunks)."""
     rows = raw.shape[0]
-    if direct and ggml_type in _BLOCK_DTYPES and rows % BLOCK_N == 0 and raw.device.type == "cpu":
+    if direct and ggml_type in _BLOCK_DTYPES and rows % block_n() == 0 and raw.device.type == "cpu":
         return Int4Linear(_direct_terms(raw, ggml_type, cols), cols, rows, bias)
     parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for start in range(0, rows, _CHUNK_ROWS):
@@ -167,8 +168,7 @@ def int4_linear(
     if len(parts) == 1:
         terms = parts[0]
     else:
-        # Every chunk but the last is a whole number of 64-row blocks, so packed rows concatenate.
-        assert _CHUNK_ROWS % BLOCK_N == 0
+        # Every chunk but the last is a whole number of row blocks, so packed rows concatenate.
         terms = [
             (torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts], dim=1))
             for i in range(len(parts[0]))
@@ -178,7 +178,7 @@ def int4_linear(
 
 def can_pack(ggml_type: int) -> bool:
     """Whether tensors of this type go to the int4 path (else they are dequantized)."""
-    return ggml_type in INT4_TYPES
+    return ggml_type in INT4_TYPES and int4_available()
 
 
 __all__ = ["INT4_TYPES", "can_pack", "int4_codes", "int4_linear", "pack_int4"]

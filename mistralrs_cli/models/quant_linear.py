@@ -12,25 +12,50 @@ The module exposes `in_features`, `out_features` and `weight_f32()` so adapters 
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 GROUP = 32
-BLOCK_N = 64  # rows per block of the CPU packed layout
+
+
+def _pack(u: torch.Tensor, block: int) -> torch.Tensor:
+    n, k = u.shape
+    blocks = u.view(n // block, 2, block // 2, k)  # (N/B, 2, B/2, K)
+    packed = blocks[:, 0] | (blocks[:, 1] << 4)  # (N/B, B/2, K)
+    return packed.transpose(1, 2).contiguous().view(n, k // 2)
+
+
+@cache
+def block_n() -> int | None:
+    """Rows per block of torch's CPU int4 layout on this machine, or None if it is not one we know.
+
+    NOTE: the layout depends on the CPU kernel torch dispatches to (64 rows with AVX-512, 32 with
+    AVX2, measured), so it is probed once against `aten._convert_weight_to_int4pack_for_cpu`.
+    """
+    u = torch.randint(0, 16, (128, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    try:
+        expected = torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.to(torch.int32), 1)
+    except (RuntimeError, AttributeError):  # an exotic build without the CPU int4 kernel
+        return None
+    return next((b for b in (64, 32, 16) if torch.equal(_pack(u, b), expected)), None)
+
+
+def int4_available() -> bool:
+    """Whether the int4 CPU path can be used here (else GGUF weights are dequantized)."""
+    return block_n() is not None
 
 
 def pack_int4(u: torch.Tensor) -> torch.Tensor:
     """(N, K) uint8 values 0..15 -> torch's CPU int4 layout (N, K/2) uint8.
 
-    The layout is [N/64, K, 32] bytes: byte (b, k, j) holds row b*64+j in its low nibble and
-    row b*64+32+j in its high nibble (checked against `aten._convert_weight_to_int4pack_for_cpu`
-    in the tests; this is ~2x faster and needs no int32 copy).
+    The layout is [N/B, K, B/2] bytes with B = `block_n()`: byte (b, k, j) holds row b*B+j in
+    its low nibble and row b*B+B/2+j in its high nibble (checked against
+    `aten._convert_weight_to_int4pack_for_cpu` in the tests; ~2x faster, no int32 copy).
     """
-    n, k = u.shape
-    blocks = u.view(n // BLOCK_N, 2, BLOCK_N // 2, k)  # (N/64, 2, 32, K)
-    packed = blocks[:, 0] | (blocks[:, 1] << 4)  # (N/64, 32, K)
-    return packed.transpose(1, 2).contiguous().view(n, k // 2)
+    return _pack(u, block_n())
 
 
 def scale_zero_table(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -42,8 +67,8 @@ def scale_zero_table(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """Inverse of `pack_int4`: (N, K/2) packed bytes -> (N, K) uint8 values 0..15."""
     n, half = packed.shape
-    k = half * 2
-    b = packed.view(n // BLOCK_N, k, BLOCK_N // 2).transpose(1, 2)  # (N/64, 32, K)
+    k, block = half * 2, block_n()
+    b = packed.view(n // block, k, block // 2).transpose(1, 2)  # (N/B, B/2, K)
     return torch.stack((b & 0x0F, b >> 4), dim=1).reshape(n, k)
 
 
@@ -73,7 +98,7 @@ class Int4Linear(nn.Module):
     ) -> Int4Linear:
         """Build from terms (u (N, K) uint8 in 0..15, scale (N, K/32) f32, zero (N, K/32) f32)."""
         n, k = codes[0][0].shape
-        pad = -n % BLOCK_N  # the packed layout works on whole blocks of 64 rows
+        pad = -n % block_n()  # the packed layout works on whole blocks of rows
         terms = []
         for u, scale, zero in codes:
             if pad:
@@ -117,14 +142,14 @@ class Int4Linear(nn.Module):
 def concat_int4(parts: list[Int4Linear]) -> Int4Linear | None:
     """One Int4Linear computing all `parts` at once (fused q/k/v or gate/up); None if not possible.
 
-    Packed rows come in independent blocks of 64, so concatenating along N is exact when every
+    Packed rows come in independent blocks of `block_n()`, so concatenating along N is exact when every
     part has the same input size, the same number of terms, no padding and no bias.
     """
     first = parts[0]
     if any(
         p.in_features != first.in_features
         or p.n_terms != first.n_terms
-        or p.out_features % BLOCK_N
+        or p.out_features % block_n()
         or p.bias is not None
         for p in parts
     ):
