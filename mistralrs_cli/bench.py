@@ -8,11 +8,13 @@ greedy and EOS is ignored, so every request generates exactly `tokens` tokens.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -63,6 +65,7 @@ class _Timing:
     first: float = 0.0
     last: float = 0.0
     tokens: int = 0
+    times: list[float] = field(default_factory=list)  # arrival of each token
 
 
 async def _consume(engine: Engine, prompt: list[int], tokens: int) -> _Timing:
@@ -73,8 +76,21 @@ async def _consume(engine: Engine, prompt: list[int], tokens: int) -> _Timing:
         if delta.token_ids and not timing.tokens:
             timing.first = now
         timing.tokens += len(delta.token_ids)
+        timing.times += [now] * len(delta.token_ids)
         timing.last = now
     return timing
+
+
+def _all_decoding_rate(timings: list[_Timing]) -> float | None:
+    """Tokens/s while every request decodes together: after the last first token, before the first finish.
+
+    None when no such window exists (a request finished before another one started).
+    """
+    start, end = max(t.first for t in timings), min(t.last for t in timings)
+    if end <= start:
+        return None
+    count = sum(1 for t in timings for when in t.times if start < when <= end)
+    return count / (end - start)
 
 
 def _run(engine: Engine, prompts: list[list[int]], tokens: int) -> tuple[list[_Timing], float]:
@@ -94,8 +110,13 @@ def run_bench(
     json_out: bool = False,
     config: EngineConfig | None = None,
     seed: int = 0,
+    baseline: Callable[[], LoadedModel] | None = None,
 ) -> dict[str, Any]:
-    """Measure the engine on `loaded`; print a rich table to stderr (and JSON to stdout if asked)."""
+    """Measure the engine on `loaded`; print a rich table to stderr (and JSON to stdout if asked).
+
+    `baseline` (for adapter models) loads the base model alone: its batch-1 decode is measured
+    in the same run, after `loaded` is released, and reported as the adapters' slowdown.
+    """
     config = config or EngineConfig(max_seqs=max(concurrency, 1))
     rng = random.Random(seed)
     vocab = loaded.config.vocab_size
@@ -103,24 +124,33 @@ def run_bench(
     def prompt() -> list[int]:
         return [rng.randrange(3, vocab) for _ in range(prompt_len)]
 
+    about = {"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype).removeprefix("torch.")}
     with Engine(loaded, config) as engine:
         _run(engine, [prompt()], 4)  # warm-up: first-call allocations, rotary table
         (one,), _ = _run(engine, [prompt()], tokens)
         many, wall = _run(engine, [prompt() for _ in range(concurrency)], tokens)
         stats = engine.stats()
+    threads, max_seqs = engine_threads(engine.config.threads), engine.config.max_seqs
+    decode_1 = _decode_rate(one)
+    base_decode = None
+    if baseline is not None:
+        del loaded, engine
+        gc.collect()  # one model in memory at a time
+        with Engine(baseline(), config) as base_engine:
+            _run(base_engine, [prompt()], 4)
+            (base_one,), _ = _run(base_engine, [prompt()], tokens)
+        base_decode = _decode_rate(base_one)
     ttft = one.first - one.submitted
-    decode_1 = (one.tokens - 1) / (one.last - one.first) if one.tokens > 1 else 0.0
     generated = sum(t.tokens for t in many)
     throughput = generated / wall
+    decoding = _all_decoding_rate(many)
     result = {
-        "model": loaded.name,
-        "device": str(loaded.device),
-        "dtype": str(loaded.dtype).removeprefix("torch."),
-        "threads": engine_threads(engine.config.threads),
+        **about,
+        "threads": threads,
         "prompt_len": prompt_len,
         "tokens": tokens,
         "concurrency": concurrency,
-        "max_seqs": engine.config.max_seqs,
+        "max_seqs": max_seqs,
         "batch1": {
             "ttft_s": ttft,
             "prefill_tok_s": prompt_len / ttft,
@@ -130,16 +160,25 @@ def run_bench(
             "wall_s": wall,
             "generated_tokens": generated,
             "throughput_tok_s": throughput,
+            "decode_tok_s": decoding,
             "mean_ttft_s": sum(t.first - t.submitted for t in many) / len(many),
             "max_ttft_s": max(t.first - t.submitted for t in many),
             "preemptions": stats.preemptions,
         },
         "speedup_vs_batch1_decode": throughput / decode_1 if decode_1 else None,
+        "decode_speedup_vs_batch1_decode": decoding / decode_1 if decode_1 and decoding else None,
     }
+    if base_decode is not None:
+        result["base_model"] = {"decode_tok_s": base_decode, "slowdown": base_decode / decode_1 if decode_1 else None}
     print_table(result)
     if json_out:
         print(json.dumps(result, indent=2))
     return result
+
+
+def _decode_rate(timing: _Timing) -> float:
+    """Tokens per second after the first token."""
+    return (timing.tokens - 1) / (timing.last - timing.first) if timing.tokens > 1 else 0.0
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -155,10 +194,19 @@ def print_table(result: dict[str, Any]) -> None:
     table.add_row("TTFT (batch 1)", f"{b1['ttft_s'] * 1000:.0f} ms")
     table.add_row("prefill (batch 1)", f"{b1['prefill_tok_s']:.1f} tok/s")
     table.add_row("decode (batch 1)", f"{b1['decode_tok_s']:.2f} tok/s")
-    table.add_row(f"throughput ({result['concurrency']} concurrent)", f"{cc['throughput_tok_s']:.2f} tok/s")
+    table.add_row(f"throughput ({result['concurrency']} concurrent, prefill included)", f"{cc['throughput_tok_s']:.2f} tok/s")
+    if cc["decode_tok_s"] is not None:
+        table.add_row(f"decode ({result['concurrency']} decoding together)", f"{cc['decode_tok_s']:.2f} tok/s")
     table.add_row("  mean / max TTFT", f"{cc['mean_ttft_s']:.2f} / {cc['max_ttft_s']:.2f} s")
     if result["speedup_vs_batch1_decode"] is not None:
         table.add_row("throughput / batch-1 decode", f"{result['speedup_vs_batch1_decode']:.1f}x")
+    if result["decode_speedup_vs_batch1_decode"] is not None:
+        table.add_row(f"{result['concurrency']}-way decode / batch-1 decode", f"{result['decode_speedup_vs_batch1_decode']:.1f}x")
+    base = result.get("base_model")
+    if base is not None:
+        table.add_row("decode (batch 1), base model alone", f"{base['decode_tok_s']:.2f} tok/s")
+        if base["slowdown"] is not None:
+            table.add_row("adapters' decode slowdown", f"{base['slowdown']:.2f}x")
     Console(stderr=True).print(table)
 
 

@@ -72,7 +72,9 @@ def _dispatch(mode: str, spec: ModelSpec, opts: ModeOptions) -> None:
         from dataclasses import replace
 
         config = replace(config, max_seqs=max(mo["concurrency"], opts.max_seqs or 0))
-        run_bench(load_with_status(spec), config=config, **mo)
+        base = base_spec(spec)
+        baseline = (lambda: load_with_status(base)) if base is not None else None
+        run_bench(load_with_status(spec), config=config, baseline=baseline, **mo)
         return
     if mode == "batch":
         from mistralrs_cli.frontends.batch import run_batch
@@ -87,6 +89,17 @@ def _dispatch(mode: str, spec: ModelSpec, opts: ModeOptions) -> None:
     from mistralrs_cli.errors import ConfigError
 
     raise ConfigError(f"mode {mode!r} is not yet available in this version")
+
+
+def base_spec(spec: ModelSpec) -> ModelSpec | None:
+    """The same base model without its adapters (for the bench's comparison), or None."""
+    from dataclasses import replace
+
+    if not (spec.xlora_model_id or spec.adapter_ids):
+        return None
+    kind = "gguf-mistral" if "gguf" in spec.kind else "mistral"
+    return replace(spec, kind=kind, xlora_model_id=None, order=None, tgt_non_granular_index=None,
+                   adapter_ids=(), lora_merge=False)
 
 
 def load_with_status(spec: ModelSpec):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from mistralrs_cli.bench import SMOLLM2_135M, run_bench
+from mistralrs_cli.bench import SMOLLM2_135M, _all_decoding_rate, _Timing, run_bench
+from mistralrs_cli.runner import base_spec
+from mistralrs_cli.spec import ModelSpec
 
 
 def test_bench_reports_every_figure(tiny_llama, capsys):
@@ -23,3 +26,29 @@ def test_stand_in_shapes_are_smollm2_135m():
     shapes = (c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads)
     assert shapes == (30, 576, 1536, 9)
     assert (c.num_key_value_heads, c.vocab_size, c.tie_word_embeddings) == (3, 49152, True)
+
+
+def test_decode_window_counts_only_tokens_while_all_decode():
+    a = _Timing(0.0, first=1.0, last=5.0, tokens=5, times=[1.0, 2.0, 3.0, 4.0, 5.0])
+    b = _Timing(0.0, first=2.0, last=4.0, tokens=3, times=[2.0, 3.0, 4.0])
+    # Window (2, 4]: a's tokens at 3 and 4, b's at 3 and 4 -> 4 tokens in 2 s.
+    assert _all_decoding_rate([a, b]) == 2.0
+    late = _Timing(0.0, first=6.0, last=7.0, tokens=2, times=[6.0, 7.0])
+    assert _all_decoding_rate([a, late]) is None  # a finished before `late` started
+
+
+def test_bench_measures_the_base_model_alone_in_the_same_run(tiny_llama, capsys):
+    loads = []
+    result = run_bench(tiny_llama, concurrency=2, tokens=4, prompt_len=4,
+                       baseline=lambda: loads.append(1) or tiny_llama)
+    assert loads == [1] and "base model alone" in capsys.readouterr().err
+    base = result["base_model"]
+    assert base["decode_tok_s"] > 0 and base["slowdown"] == base["decode_tok_s"] / result["batch1"]["decode_tok_s"]
+
+
+def test_base_spec_drops_the_adapters():
+    xlora = ModelSpec(kind="x-lora-gguf-mistral", quantized_filename="m.gguf", xlora_model_id="x", order=Path("o.json"))
+    assert base_spec(xlora) == ModelSpec(kind="gguf-mistral", quantized_filename="m.gguf")
+    lora = ModelSpec(kind="lora-mistral", model_id="m", adapter_ids=("a",), lora_merge=True)
+    assert base_spec(lora) == ModelSpec(kind="mistral", model_id="m")
+    assert base_spec(ModelSpec(kind="mistral", model_id="m")) is None
