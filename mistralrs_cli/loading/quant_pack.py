@@ -22,7 +22,13 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mistralrs_cli.loading.quant import f16_at, k_scale_min, nibbles, q5_high_bits
-from mistralrs_cli.models.quant_linear import Int4Linear, block_n, int4_available, pack_int4, scale_zero_table
+from mistralrs_cli.models.quant_linear import (
+    Int4Linear,
+    block_n,
+    int4_available,
+    pack_int4,
+    scale_zero_table,
+)
 
 Q = GGMLQuantizationType
 Codes = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]  # u (n_blocks, 32), s, c (n_blocks, 1), bits
