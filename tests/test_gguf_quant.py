@@ -120,3 +120,22 @@ def test_fused_projection_equals_separate_projections_and_shares_memory():
     proj = FusedProjection(tuple(parts), fused, (128, 64, 64))
     assert proj.applies_to(*parts) and not proj.applies_to(parts[0], parts[2], parts[1])
     assert concat_int4([parts[0], int4_linear(_raw(Q.Q4_1, 64, 512), Q.Q4_1, 512)]) is None
+
+
+def test_fused_projection_adds_the_deltas_of_lora_wrappers():
+    from mistralrs_cli.adapters.lora import LoraLinear
+
+    parts = [int4_linear(_raw(Q.Q4_1, n, 256), Q.Q4_1, 256) for n in (128, 64, 64)]
+    proj = FusedProjection(tuple(parts), concat_int4(parts), (128, 64, 64))
+    g = torch.Generator().manual_seed(3)
+    pairs = [(torch.randn(4, 256, generator=g), torch.randn(64, 4, generator=g), 0.5)]
+    wrapped = LoraLinear(parts[1], pairs, torch.float32, torch.device("cpu"))
+    modules = (parts[0], wrapped, parts[2])
+    assert proj.applies_to(*modules)
+    x = torch.randn(3, 256, generator=g)
+    want = torch.cat([m(x) for m in modules], dim=-1)
+    assert torch.allclose(proj(x, *modules), want, rtol=0, atol=1e-5)
+    wrapped.mix = 0.0  # switched off (X-LoRA's scaling pass): the plain fused output
+    assert torch.equal(proj(x, *modules), proj(x, *parts))
+    other = LoraLinear(int4_linear(_raw(Q.Q4_1, 64, 256), Q.Q4_1, 256), pairs, torch.float32, torch.device("cpu"))
+    assert not proj.applies_to(parts[0], other, parts[2])  # a wrapper around another module

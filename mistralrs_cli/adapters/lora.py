@@ -58,16 +58,24 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        delta = self.delta(x)
+        return y if delta is None else y + delta.to(y.dtype)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The weighted LoRA term alone (None when switched off), in the adapters' dtype.
+
+        Fused base projections (models/fused.py) call this after computing the base once.
+        """
         mix = self.mix
         if self.rank == 0 or (isinstance(mix, float) and mix == 0.0):
-            return y
+            return None
         h = F.linear(x.to(self.lora_a.dtype), self.lora_a)  # (..., n*r)
         if isinstance(mix, torch.Tensor):
             # mix (..., n) broadcasts over each adapter's r columns: (..., n, r)
             h = (h.unflatten(-1, (self.n_adapters, self.rank)) * mix.unsqueeze(-1).to(h.dtype)).flatten(-2)
         elif mix is not None:
             h = h * mix
-        return y + F.linear(h, self.lora_b).to(y.dtype)
+        return F.linear(h, self.lora_b)
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:

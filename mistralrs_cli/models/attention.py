@@ -115,8 +115,9 @@ class Attention(nn.Module):
         bsz, qlen, _ = x.shape
         nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
         fused = self.fused_qkv
-        if fused is not None and fused.applies_to(self.q_proj, self.k_proj, self.v_proj):
-            qkv = fused(x)  # (B, Q, (nh + 2 nkv) * hd)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if fused is not None and fused.applies_to(*projections):
+            qkv = fused(x, *projections)  # (B, Q, (nh + 2 nkv) * hd)
             # q and k heads are adjacent: rotate them in one go.
             qk = apply_rotary(qkv[..., : (nh + nkv) * hd].view(bsz, qlen, nh + nkv, hd), cos, sin)
             v = qkv[..., (nh + nkv) * hd :].view(bsz, qlen, nkv, hd)

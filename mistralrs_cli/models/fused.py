@@ -3,9 +3,10 @@
 A decode step at batch 1 is dominated by per-call overhead, so one matmul instead of three
 (q/k/v) or two (gate/up) saves ~90 kernel calls per token. The separate `q_proj`... modules
 stay in place (LoRA/X-LoRA wrap them by name) and keep working: they view the fused weights.
-NOTE: the fused path is used only while the layer's projections are still the very modules
-that were fused (an identity check per call); an adapter that replaces or wraps one of them
-silently turns the fused path off for that layer, so adapters never get bypassed.
+NOTE: the fused path is used only while each of the layer's projections is still the very
+module that was fused, or a LoRA wrapper directly around it (an identity check per call). A
+wrapper's delta is then added to its slice of the fused output, so adapters keep the fused
+base matmul and are never bypassed; any other replacement turns the fused path off.
 """
 
 from __future__ import annotations
@@ -27,11 +28,23 @@ class FusedProjection:
     sizes: tuple[int, ...]
 
     def applies_to(self, *modules: nn.Module) -> bool:
-        """True while the given modules are exactly the ones this projection was built from."""
-        return len(modules) == len(self.sources) and all(a is b for a, b in zip(modules, self.sources, strict=True))
+        """True while each given module is the source it replaces, or a delta wrapper around it."""
+        return len(modules) == len(self.sources) and all(
+            m is s or (getattr(m, "base", None) is s and hasattr(m, "delta"))
+            for m, s in zip(modules, self.sources, strict=True)
+        )
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
+    def __call__(self, x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
+        """The concatenated outputs of `modules` (checked with `applies_to`), base matmul fused."""
+        y = self.layer(x)
+        start = 0
+        for module, source, size in zip(modules, self.sources, self.sizes, strict=True):
+            if module is not source:
+                delta = module.delta(x)
+                if delta is not None:
+                    y[..., start : start + size] += delta.to(y.dtype)
+            start += size
+        return y
 
 
 def _fuse(parts: list[nn.Module]) -> FusedProjection | None:

@@ -119,6 +119,6 @@ class MLP(nn.Module):
             return self.down_proj(kernel_ops.silu_mul(self.gate_proj(x), self.up_proj(x)))
         fused = self.fused_gate_up
         if fused is not None and fused.applies_to(self.gate_proj, self.up_proj):
-            gate, up = fused(x).split(fused.sizes, dim=-1)
+            gate, up = fused(x, self.gate_proj, self.up_proj).split(fused.sizes, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
