@@ -30,9 +30,10 @@ def write_input(path: Path, lines: int) -> None:
             f.write(json.dumps({"id": f"q{i}", "messages": [{"role": "user", "content": ask}]}) + "\n")
 
 
-def run(src: Path, out: Path, concurrency: int, max_tokens: int, model: list[str]) -> tuple[float, float]:
+def run(src: Path, out: Path, concurrency: int, max_tokens: int, model: list[str],
+        engine: list[str]) -> tuple[float, float]:
     """Wall seconds and the completion tok/s printed in the batch summary."""
-    cmd = [sys.executable, "-m", "mistralrs_cli", "batch", str(src), "-o", str(out), "--max-tokens", str(max_tokens),
+    cmd = [sys.executable, "-m", "mistralrs_cli", *engine, "batch", str(src), "-o", str(out), "--max-tokens", str(max_tokens),
            "--max-concurrency", str(concurrency), *model]
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -49,14 +50,16 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=200)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--prefix-cache", action="store_true", help="both runs with the engine's prefix cache")
     ap.add_argument("model", nargs="*", help="model subcommand and options (default: the embedded model)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.jsonl"
         write_input(src, args.lines)
-        seq_wall, seq_rate = run(src, Path(tmp) / "seq.jsonl", 1, args.max_tokens, args.model)
-        bat_wall, bat_rate = run(src, Path(tmp) / "bat.jsonl", args.concurrency, args.max_tokens, args.model)
-    print(f"{args.lines} lines x up to {args.max_tokens} tokens")
+        engine = ["--prefix-cache"] if args.prefix_cache else []
+        seq_wall, seq_rate = run(src, Path(tmp) / "seq.jsonl", 1, args.max_tokens, args.model, engine)
+        bat_wall, bat_rate = run(src, Path(tmp) / "bat.jsonl", args.concurrency, args.max_tokens, args.model, engine)
+    print(f"{args.lines} lines x up to {args.max_tokens} tokens" + (", prefix cache on" if args.prefix_cache else ""))
     print(f"sequential (--max-concurrency 1): {seq_rate:8.1f} tok/s  wall {seq_wall:6.1f} s")
     print(f"batched (--max-concurrency {args.concurrency}): {bat_rate:8.1f} tok/s  wall {bat_wall:6.1f} s")
     print(f"ratio: {bat_rate / max(seq_rate, 1e-9):.2f}x throughput")

@@ -9,7 +9,9 @@ load time, prefill tok/s (one prompt of --prompt tokens), batch-1 greedy decode 
 machine other processes only ever make a run slower, so the minimum is the least noisy
 estimate. `--batch B` adds batched greedy decode (B sequences, one step each for all) for the
 int4 path, the dense bf16 path (`--dtype bf16`) and, when installed, transformers bf16 on a
-padded batch. llama-cpp-python is taken from --llama-python (a separate venv: it compiles from
+padded batch. `--engine-bench N` also runs `mistralrs bench --concurrency N` (the whole engine:
+scheduler, sampler, streaming) on the same file and prints its figures beside llama.cpp's.
+llama-cpp-python is taken from --llama-python (a separate venv: it compiles from
 source) or from this interpreter; it is skipped with a note when absent.
 """
 
@@ -203,6 +205,7 @@ def main() -> None:
     p.add_argument("--decode", type=int, default=128, help="greedy decode steps at batch 1")
     p.add_argument("--rounds", type=int, default=3, help="repetitions; the best is reported")
     p.add_argument("--batch", type=int, default=0, help="also measure batched decode at this batch size")
+    p.add_argument("--engine-bench", type=int, default=0, help="also run `mistralrs bench` with N concurrent requests")
     p.add_argument("--llama-python", default=sys.executable, help="interpreter that has llama_cpp installed")
     p.add_argument("--dtype", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -228,6 +231,28 @@ def main() -> None:
         rows.append(_tag(_run_worker(sys.executable, "ours", args, ["--dtype", "bf16"]), "batch run"))
         rows.append(_run_worker(sys.executable, "transformers", args))
     _report([r for r in rows if r], llama, args)
+    if args.engine_bench:
+        _report_engine_bench(args, llama)
+
+
+def _report_engine_bench(args: argparse.Namespace, llama: dict | None) -> None:
+    """`mistralrs bench` on the same file, its N-way figures beside llama.cpp's batch-1 decode."""
+    cmd = [sys.executable, "-m", "mistralrs_cli", "bench", "--concurrency", str(args.engine_bench), "--json",
+           "gguf-mistral", "-f", args.gguf]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    if proc.returncode != 0:
+        print(f"[mistralrs bench] failed: {proc.stderr.strip()[-300:]}", file=sys.stderr)
+        return
+    r = json.loads(proc.stdout)
+    n, b1, cc = r["concurrency"], r["batch1"]["decode_tok_s"], r["concurrent"]
+    print(f"mistralrs bench (engine, prompt {r['prompt_len']}, {r['tokens']} tokens each): batch-1 decode {b1:.1f} tok/s; "
+          f"{n} concurrent: {cc['throughput_tok_s']:.1f} tok/s with prefill "
+          f"({cc['throughput_tok_s'] / b1:.1f}x batch 1), "
+          + (f"{cc['decode_tok_s']:.1f} tok/s while all {n} decode ({cc['decode_tok_s'] / b1:.1f}x)"
+             if cc["decode_tok_s"] else "no window where all decode together"))
+    if llama:
+        print(f"  against llama.cpp batch-1 decode {llama['decode_tok_s']:.1f} tok/s: "
+              f"{n}-way throughput x{cc['throughput_tok_s'] / llama['decode_tok_s']:.2f}")
 
 
 def _report(rows: list[dict], llama: dict | None, args: argparse.Namespace) -> None:
