@@ -49,7 +49,7 @@ class InterspersedGroup(TyperGroup):
 
 batch_app = typer.Typer(cls=InterspersedGroup, help="Run a JSONL file of requests through the engine; resumable.")
 serve_app = typer.Typer(help="Serve an OpenAI-compatible HTTP API.")
-bench_app = typer.Typer(help="Measure TTFT, prefill, batch-1 decode and N-way throughput on a model.")
+bench_app = typer.Typer(help="Measure TTFT, prefill, batch-1 decode and N-way throughput on a model (adapter models: also the base alone).")
 MODES = {"chat": chat_app, "batch": batch_app, "serve": serve_app, "bench": bench_app}
 
 
