@@ -19,6 +19,7 @@ from torch import nn
 
 from mistralrs_cli.adapters.lora_files import PROJECTIONS, LoraAdapter, module_sort_key
 from mistralrs_cli.errors import AdapterError
+from mistralrs_cli.models import kernel_ops
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,19 @@ class LoraLinear(nn.Module):
         self.register_buffer("lora_b", b.reshape(self.out_features, n * r).to(device, dtype))
         # Set by the X-LoRA model around each forward; None = every adapter at weight 1.
         self.mix: torch.Tensor | float | None = None
+        self._kernel_ab: tuple[torch.Tensor, torch.Tensor] | None = None  # A, B in the kernel's layout
+
+    use_kernels: bool = False  # CUDA kernel path (models/kernel_ops.py), set by set_kernels
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, adapters={self.n_adapters}, rank={self.rank}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        mix = self.mix
+        if self.use_kernels and self.rank and not (isinstance(mix, float) and mix == 0.0) \
+                and kernel_ops.takes(x, y, self.lora_a):
+            return kernel_ops.lora_delta(y, x, *self._kernel_layout(), mix, self.n_adapters)
         delta = self.delta(x)
         return y if delta is None else y + delta.to(y.dtype)
 
@@ -76,6 +84,16 @@ class LoraLinear(nn.Module):
         elif mix is not None:
             h = h * mix
         return F.linear(h, self.lora_b)
+
+
+    def _kernel_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A as (n, r, in) and B as (n, out, r), made once (B is a transposed copy)."""
+        if self._kernel_ab is None:
+            n, r = self.n_adapters, self.rank
+            a = self.lora_a.view(n, r, self.in_features)
+            b = self.lora_b.view(self.out_features, n, r).permute(1, 0, 2).contiguous()
+            self._kernel_ab = (a, b)
+        return self._kernel_ab
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:

@@ -99,3 +99,21 @@ def attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, ctx_s
                                           v_pool.index_select(0, slots).to(q.dtype), q_pos[0], k_pos[0], window)
         return out.unsqueeze(0)
     return None
+
+
+def lora_delta(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+               mix: torch.Tensor | float | None, n_adapters: int) -> torch.Tensor:
+    """y (..., out) plus the LoRA delta through the lora_delta kernel (one launch).
+
+    a (n, r, in) and b (n, out, r) are the stacked adapters with alpha/r folded in; `mix` is
+    the per-token weights (..., n) or (n,), one weight for all, or None (every adapter at 1).
+    """
+    lead, n_out = y.shape[:-1], y.shape[-1]
+    rows = lead.numel()
+    if isinstance(mix, torch.Tensor):
+        scalings = mix.to(x.dtype).expand(*lead, n_adapters).reshape(rows, n_adapters)
+    else:
+        scalings = torch.full((rows, n_adapters), 1.0 if mix is None else float(mix), dtype=x.dtype, device=x.device)
+    y2 = y.reshape(rows, n_out).contiguous()  # updated in place by the kernel
+    kernel("lora_delta")(y2, x.reshape(rows, -1), a, b, scalings)
+    return y2.view(y.shape)

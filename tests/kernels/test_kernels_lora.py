@@ -57,3 +57,44 @@ def test_reference_matches_peft():
     y = layer.base_layer(x).detach()
     got = ref.lora_delta(y, x, a, b, torch.full((3, 1), 8 / 4))
     torch.testing.assert_close(got, model(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mix", ["tokens", "per-adapter", "none", "scalar"])
+@torch.inference_mode()
+def test_lora_linear_through_the_kernel_matches_its_torch_path(device, mix):
+    from mistralrs_cli.adapters.lora import LoraLinear
+
+    g = torch.Generator().manual_seed(4)
+    base = torch.nn.Linear(16, 12, bias=False).to(device)
+    # Two adapters of different rank (zero-padded to 3), as the loader builds them.
+    pairs = [(torch.randn(3, 16, generator=g), torch.randn(12, 3, generator=g), 0.5),
+             (torch.randn(2, 16, generator=g), torch.randn(12, 2, generator=g), 2.0)]
+    layer = LoraLinear(base, pairs, torch.float32, torch.device(device))
+    x = torch.randn(2, 3, 16, generator=g).to(device)
+    layer.mix = {"tokens": torch.rand(2, 3, 2, generator=g).to(device), "per-adapter": torch.tensor([0.3, 1.7]).to(device),
+                 "none": None, "scalar": 0.75}[mix]
+    want = layer(x)
+    layer.use_kernels = True
+    try:
+        got = layer(x)
+    finally:
+        layer.use_kernels = False
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(want, base(x))  # the delta is not negligible
+
+
+def test_set_kernels_reaches_lora_wrappers(tiny_mistral_dir, tmp_path):
+    from mistralrs_cli.adapters.lora import LoraLinear
+    from mistralrs_cli.loading.loader import load_model
+    from mistralrs_cli.models.kernel_ops import set_kernels
+    from mistralrs_cli.spec import ModelSpec
+    from tests.adapters.helpers import write_adapter
+
+    adapter = write_adapter(tmp_path / "a", seed=1, targets=("q_proj", "v_proj"))
+    model = load_model(ModelSpec(kind="lora-mistral", model_id=str(tiny_mistral_dir), adapter_ids=(str(adapter),),
+                                 dtype="f32", device="cpu")).model
+    wrappers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    set_kernels(model, True)
+    assert len(wrappers) == 4 and all(w.use_kernels for w in wrappers)
+    set_kernels(model, False)
+    assert not any(w.use_kernels for w in wrappers)
