@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels_cuda.dispatch import available as kernels_available
+from kernels_cuda.dispatch import kernel
 from mistralrs_cli.engine.sequence import Sequence
 
 
@@ -83,6 +85,22 @@ def filter_logits(x: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     return x
 
 
+def probabilities(x: torch.Tensor, seqs: list[Sequence], use_kernel: bool) -> torch.Tensor:
+    """Filtered probabilities (R, vocab) of penalized logits.
+
+    With `use_kernel` (a CUDA batch), temperature, top-k and top-p run in kernels_cuda's
+    sample_filter kernel; min-p has no kernel, so a batch where a row uses it stays in torch.
+    """
+    params = [s.params for s in seqs]
+    if use_kernel and not any(p.min_p > 0 for p in params):
+        dev = x.device
+        temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=dev)
+        top_k = torch.tensor([p.top_k for p in params], dtype=torch.int64, device=dev)
+        top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=dev)
+        return kernel("sample_filter")(x, temperature, top_k, top_p)
+    return filter_logits(x, seqs).softmax(-1)
+
+
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleOutput:
     """Pick one token per row of f32 logits (R, vocab) for the given sequences."""
     dev = logits.device
@@ -91,7 +109,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleOutput:
     if all(s.params.greedy for s in seqs):
         tokens = greedy_ids
     else:
-        probs = filter_logits(x, seqs).softmax(-1)
+        probs = probabilities(x, seqs, use_kernel=x.is_cuda and kernels_available())
         cdf = probs.cumsum(-1)  # (R, vocab)
         u = torch.tensor([s.uniform() for s in seqs], dtype=cdf.dtype, device=dev)
         # u is in (0, 1], so the first index with cdf >= u * total has non-zero probability.

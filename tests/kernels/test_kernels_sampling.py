@@ -80,3 +80,23 @@ def test_reference_matches_transformers_warpers():
             logits[row : row + 1], torch.tensor([t]), torch.tensor([k]), torch.tensor([p])
         )
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_engine_sampler_through_the_kernel_matches_its_torch_path(device):
+    from types import SimpleNamespace
+
+    from mistralrs_cli.engine import SamplingParams
+    from mistralrs_cli.engine.sampling import probabilities
+
+    settings = [dict(temperature=0.7, top_k=5), dict(temperature=1.3, top_p=0.6), dict(temperature=1.0),
+                dict(temperature=0.9, top_k=10, top_p=0.8)]
+    seqs = [SimpleNamespace(params=SamplingParams(**s)) for s in settings]
+    logits = torch.randn(len(seqs), 40, device=device) * 3  # continuous values: no ties at the cut-offs
+    got = probabilities(logits, seqs, use_kernel=True)
+    want = probabilities(logits, seqs, use_kernel=False)
+    assert torch.equal(got > 0, want > 0), "kept sets differ"
+    torch.testing.assert_close(got, want, **TOL)
+    # min-p has no kernel: such a batch takes the torch path whatever is asked.
+    seqs.append(SimpleNamespace(params=SamplingParams(temperature=1.0, min_p=0.2)))
+    logits = torch.randn(len(seqs), 40, device=device)
+    assert torch.equal(probabilities(logits, seqs, True), probabilities(logits, seqs, False))
