@@ -62,21 +62,24 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        mix = self.mix
-        if self.use_kernels and self.rank and not (isinstance(mix, float) and mix == 0.0) \
-                and kernel_ops.takes(x, y, self.lora_a):
-            return kernel_ops.lora_delta(y, x, *self._kernel_layout(), mix, self.n_adapters)
-        delta = self.delta(x)
-        return y if delta is None else y + delta.to(y.dtype)
+        if self.switched_off():
+            return y
+        if self.use_kernels and kernel_ops.takes(x, y, self.lora_a):
+            return kernel_ops.lora_delta(y, x, *self._kernel_layout(), self.mix, self.n_adapters)
+        return y + self.delta(x).to(y.dtype)
+
+    def switched_off(self) -> bool:
+        """True when the delta is zero: no adapter touches this module, or its mix is 0.0."""
+        return self.rank == 0 or (isinstance(self.mix, float) and self.mix == 0.0)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor | None:
         """The weighted LoRA term alone (None when switched off), in the adapters' dtype.
 
         Fused base projections (models/fused.py) call this after computing the base once.
         """
-        mix = self.mix
-        if self.rank == 0 or (isinstance(mix, float) and mix == 0.0):
+        if self.switched_off():
             return None
+        mix = self.mix
         h = F.linear(x.to(self.lora_a.dtype), self.lora_a)  # (..., n*r)
         if isinstance(mix, torch.Tensor):
             # mix (..., n) broadcasts over each adapter's r columns: (..., n, r)
@@ -84,7 +87,6 @@ class LoraLinear(nn.Module):
         elif mix is not None:
             h = h * mix
         return F.linear(h, self.lora_b)
-
 
     def _kernel_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A as (n, r, in) and B as (n, out, r), made once (B is a transposed copy)."""
