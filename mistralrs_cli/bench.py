@@ -64,8 +64,12 @@ class _Timing:
     submitted: float
     first: float = 0.0
     last: float = 0.0
-    tokens: int = 0
     times: list[float] = field(default_factory=list)  # arrival of each token
+
+    @property
+    def tokens(self) -> int:
+        """Tokens received."""
+        return len(self.times)
 
 
 async def _consume(engine: Engine, prompt: list[int], tokens: int) -> _Timing:
@@ -75,7 +79,6 @@ async def _consume(engine: Engine, prompt: list[int], tokens: int) -> _Timing:
         now = time.perf_counter()
         if delta.token_ids and not timing.tokens:
             timing.first = now
-        timing.tokens += len(delta.token_ids)
         timing.times += [now] * len(delta.token_ids)
         timing.last = now
     return timing

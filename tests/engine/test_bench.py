@@ -29,11 +29,11 @@ def test_stand_in_shapes_are_smollm2_135m():
 
 
 def test_decode_window_counts_only_tokens_while_all_decode():
-    a = _Timing(0.0, first=1.0, last=5.0, tokens=5, times=[1.0, 2.0, 3.0, 4.0, 5.0])
-    b = _Timing(0.0, first=2.0, last=4.0, tokens=3, times=[2.0, 3.0, 4.0])
+    a = _Timing(0.0, first=1.0, last=5.0, times=[1.0, 2.0, 3.0, 4.0, 5.0])
+    b = _Timing(0.0, first=2.0, last=4.0, times=[2.0, 3.0, 4.0])
     # Window (2, 4]: a's tokens at 3 and 4, b's at 3 and 4 -> 4 tokens in 2 s.
     assert _all_decoding_rate([a, b]) == 2.0
-    late = _Timing(0.0, first=6.0, last=7.0, tokens=2, times=[6.0, 7.0])
+    late = _Timing(0.0, first=6.0, last=7.0, times=[6.0, 7.0])
     assert _all_decoding_rate([a, late]) is None  # a finished before `late` started
 
 
