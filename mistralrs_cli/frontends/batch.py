@@ -1,4 +1,4 @@
-"""`mistralrs batch`: every JSONL line through the engine at once; one output line per answer, resumable."""
+"""`mistralrs batch`: every JSONL line through the engine at once; answers and errors in two files, resumable."""
 
 from __future__ import annotations
 
@@ -26,13 +26,12 @@ from mistralrs_cli.frontends.batch_io import (
     DUPLICATE,
     BatchLineError,
     BatchRequest,
-    OutputWriter,
-    answered_ids,
     error_record,
     find_duplicates,
     iter_input,
     success_record,
 )
+from mistralrs_cli.frontends.batch_store import ErrorLog, OutputWriter, errors_path, load_answered
 from mistralrs_cli.frontends.chat import sampling_values
 from mistralrs_cli.frontends.engine_setup import open_engine
 from mistralrs_cli.frontends.openai_convert import (
@@ -47,6 +46,7 @@ from mistralrs_cli.frontends.openai_types import (
     CompletionRequest,
     validation_message,
 )
+from mistralrs_cli.frontends.request_log import RequestLog, now_iso
 from mistralrs_cli.runner import ModeOptions
 from mistralrs_cli.spec import ModelSpec
 
@@ -59,7 +59,7 @@ class BatchTotals:
 
     done: int = 0
     errors: int = 0
-    skipped: int = 0
+    skipped: int = 0  # answered by an earlier run
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -76,38 +76,47 @@ def run_batch(spec: ModelSpec, opts: ModeOptions) -> None:
     if not input_file.is_file():
         raise RequestError(f"batch input {input_file}: no such file")
     output: Path = mo.get("output") or default_output(input_file)
-    if output.resolve() == input_file.resolve():
-        raise RequestError("the output file must differ from the input file")
+    errors = errors_path(output)
+    if input_file.resolve() in (output.resolve(), errors.resolve()):
+        raise RequestError(f"the output files ({output}, {errors}) must differ from the input file")
     defaults = sampling_values(mo.get("sampling", {}))
     SamplingParams.from_dict(defaults)
-    answered = answered_ids(output)
-    done_ids, dup_lines_done = answered.ids, answered.dup_lines
-    duplicates = {k: v for k, v in find_duplicates(input_file).items() if k not in dup_lines_done}
+    done_ids = load_answered(output)
+    duplicates = find_duplicates(input_file)
     total = sum(1 for _ in iter_input(input_file))
     engine = open_engine(spec, opts)
-    writer = OutputWriter(output)
+    writer, error_log = OutputWriter(output), ErrorLog(errors)
+    log = RequestLog(opts.log) if opts.log is not None else None
     totals = BatchTotals()
     start = time.perf_counter()
     try:
-        asyncio.run(_run(engine, input_file, writer, done_ids, duplicates, dup_lines_done, defaults,
-                         mo.get("max_concurrency", 64), total, totals))
+        asyncio.run(_run(engine, input_file, writer, error_log, done_ids, duplicates, defaults,
+                         mo.get("max_concurrency", 64), total, totals, log))
+        error_log.finish()
     finally:
         writer.close()
+        error_log.close()
         engine.shutdown()
+        if log is not None:
+            log.close()
     elapsed = time.perf_counter() - start
     rate = totals.completion_tokens / elapsed if elapsed else 0.0
+    earlier = f" + {totals.skipped} from an earlier run" if totals.skipped else ""
+    n_err = f"{totals.errors} error{'' if totals.errors == 1 else 's'}"
+    failed = f"{n_err} -> {errors} (a re-run retries them)" if totals.errors else n_err
     err.print(
-        f"[bold]batch done[/]: {totals.done} requests, {totals.errors} errors, {totals.skipped} already answered, "
+        f"[bold]batch done[/]: {totals.done} answered{earlier} -> {output}; {failed}; "
         f"{totals.prompt_tokens} prompt + {totals.completion_tokens} completion tokens in {elapsed:.1f} s "
-        f"({rate:.1f} tok/s) -> {output}",
+        f"({rate:.1f} tok/s)",
         soft_wrap=True,
     )
-    if totals.errors or answered.errors:
+    if totals.errors:
         raise typer.Exit(1)
 
 
-async def _run(engine: Engine, input_file: Path, writer: OutputWriter, done_ids: set[str], duplicates: dict[int, str],
-               dup_lines: set[int], defaults: dict[str, Any], max_concurrency: int, total: int, totals: BatchTotals) -> None:
+async def _run(engine: Engine, input_file: Path, writer: OutputWriter, error_log: ErrorLog, done_ids: set[str],
+               duplicates: dict[int, str], defaults: dict[str, Any], max_concurrency: int, total: int,
+               totals: BatchTotals, log: RequestLog | None = None) -> None:
     sem = asyncio.Semaphore(max_concurrency)
     tasks: set[asyncio.Task] = set()
     start = time.perf_counter()
@@ -116,11 +125,15 @@ async def _run(engine: Engine, input_file: Path, writer: OutputWriter, done_ids:
     with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as progress:
         bar = progress.add_task("batch", total=total, rate="")
 
-        def finished(record: dict[str, Any], usage: dict[str, int] | None) -> None:
-            writer.write(record)
+        def finished(record: dict[str, Any], usage: dict[str, int] | None, item: Any = None) -> None:
+            if log is not None:
+                log.write({"time": now_iso(), "mode": "batch", "line": getattr(item, "line", None),
+                           "request": getattr(item, "body", None), "response": record})
             if record["error"] is None:
+                writer.write(record)
                 totals.done += 1
             else:
+                error_log.write(record)
                 totals.errors += 1
             if usage:
                 totals.prompt_tokens += usage.get("prompt_tokens", 0)
@@ -130,18 +143,18 @@ async def _run(engine: Engine, input_file: Path, writer: OutputWriter, done_ids:
 
         for item in iter_input(input_file):
             if item.line in duplicates:
-                finished(error_record(item.custom_id, item.line, DUPLICATE, duplicates[item.line]), None)
+                finished(error_record(item.custom_id, item.line, DUPLICATE, duplicates[item.line]), None, item)
                 continue
-            if item.custom_id in done_ids or item.line in dup_lines:
+            if item.custom_id in done_ids:
                 totals.skipped += 1
                 progress.update(bar, advance=1)
                 continue
             if isinstance(item, BatchLineError):
-                finished(error_record(item.custom_id, item.line, item.code, item.message), None)
+                finished(error_record(item.custom_id, item.line, item.code, item.message), None, item)
                 continue
             await sem.acquire()
             task = asyncio.create_task(_answer(engine, item, defaults))
-            task.add_done_callback(lambda t: (sem.release(), finished(*t.result())))
+            task.add_done_callback(lambda t, item=item: (sem.release(), finished(*t.result(), item)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         while tasks:

@@ -1,9 +1,8 @@
-"""JSONL batch files: parsing both input forms, OpenAI Batch API output records, crash-safe resume."""
+"""JSONL batch input: parsing both input forms, duplicate custom_ids, OpenAI Batch API output records."""
 
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,47 +86,6 @@ def find_duplicates(path: Path) -> dict[int, str]:
     return dups
 
 
-@dataclass
-class Answered:
-    """What an existing output file already holds."""
-
-    ids: set[str]  # custom_ids answered (successes and errors, duplicates excepted)
-    dup_lines: set[int]  # input lines already reported as duplicates
-    errors: int  # error records
-
-
-def answered_ids(path: Path) -> Answered:
-    """What an output file already answered.
-
-    A torn last line (kill -9 mid-write) is cut off first.
-    """
-    if not path.exists():
-        return Answered(set(), set(), 0)
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end != len(data):
-        with path.open("r+b") as f:
-            f.truncate(end)
-    done: set[str] = set()
-    dup_lines: set[int] = set()
-    errors: list[str] = []
-    for text in data[:end].decode("utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("custom_id"), str):
-            continue
-        error = record.get("error") or {}
-        if error:
-            errors.append(record["custom_id"])
-        if error.get("code") == DUPLICATE:
-            dup_lines.add(int(error.get("line", 0)))
-        else:
-            done.add(record["custom_id"])
-    return Answered(done, dup_lines, len(errors))
-
-
 def success_record(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI Batch API output line for a completed request."""
     return {
@@ -146,21 +104,3 @@ def error_record(custom_id: str, line: int, code: str, message: str) -> dict[str
         "response": None,
         "error": {"code": code, "message": message, "line": line},
     }
-
-
-class OutputWriter:
-    """Appends one JSON line per record, flushed and fsync'd so a crash never loses a finished answer."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = path.open("a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Write a whole line in one call, then flush it to disk."""
-        self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self) -> None:
-        """Close the file."""
-        self.f.close()

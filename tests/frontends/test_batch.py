@@ -1,4 +1,4 @@
-"""`mistralrs batch`: both input forms, error records, duplicates, and a SIGKILL followed by a resume."""
+"""`mistralrs batch`: both input forms, error records in the errors file, duplicates, and a SIGKILL followed by a resume."""
 
 from __future__ import annotations
 
@@ -72,14 +72,16 @@ def test_bad_lines_become_error_records(tiny_mistral_dir, tmp_path):
     res = runner.invoke(app, ["batch", str(src), "-o", str(out), "mistral", "-m", str(tiny_mistral_dir)])
     assert res.exit_code == 1, res.output
     records = _lines(out)
-    errors = {r["error"]["line"]: r for r in records if r["error"]}
+    errors = {r["error"]["line"]: r for r in _lines(tmp_path / "out.errors.jsonl")}
+    assert all(r["response"] is None and r["id"].startswith("batch_req_") for r in errors.values())
     assert sorted(errors) == [2, 3, 4, 5, 6, 7, 8]
     assert errors[2]["error"]["code"] == "invalid_json" and errors[2]["custom_id"] == "line-2"
     assert "temperature" in errors[3]["error"]["message"]
     assert "top_p" in errors[4]["error"]["message"]
     assert "max_tokens" in errors[5]["error"]["message"]
     assert errors[7]["error"]["code"] == "duplicate_custom_id" and "line 1" in errors[7]["error"]["message"]
-    assert [r["custom_id"] for r in records if r["error"] is None] == ["ok"]
+    assert [r["custom_id"] for r in records] == ["ok"] and records[0]["error"] is None
+    assert f"7 errors -> {tmp_path / 'out.errors.jsonl'}" in res.output
 
 
 def _batch_cmd(src, out, model_dir, concurrency):
