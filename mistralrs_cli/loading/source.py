@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+from functools import cache
 from pathlib import Path
 
 from mistralrs_cli.errors import ModelSourceError
@@ -27,6 +30,10 @@ def hf_token(token_source: str = "cache") -> str | None:
     raise ModelSourceError(
         f"--token-source {token_source!r}: expected cache, none, env:NAME, literal:TOKEN or path:FILE"
     )
+
+
+class NotCachedError(ModelSourceError):
+    """A Hub file is not in the local HF cache and the Hub cannot be asked (offline or unreachable)."""
 
 
 def _read_token(path: Path) -> str | None:
@@ -62,6 +69,10 @@ class ModelSource:
         try:
             self.get(filename)
             return True
+        except NotCachedError:
+            if self._repo_cached():
+                return False  # a cached snapshot without the file: treat it as absent
+            raise
         except ModelSourceError:
             return False
 
@@ -78,23 +89,28 @@ class ModelSource:
         """Every file name in the source (relative paths)."""
         if self.local is not None:
             return sorted(str(p.relative_to(self.local)) for p in self.local.rglob("*") if p.is_file())
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        why = _hub_unusable()
         try:
-            if _offline():
+            if why:
                 from huggingface_hub import snapshot_download
 
-                root = Path(
-                    snapshot_download(self.model_id, revision=self.revision, local_files_only=True)
-                )
+                root = Path(snapshot_download(self.model_id, revision=self.revision, local_files_only=True))
                 return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
             from huggingface_hub import list_repo_files
 
             return list_repo_files(self.model_id, revision=self.revision, token=hf_token(self.token_source))
         except Exception as e:
+            if why and isinstance(e, LocalEntryNotFoundError):
+                raise self._not_cached(None, why) from None
             raise ModelSourceError(f"{self.model_id}: cannot list files ({_short(e)})") from None
 
     def _download(self, filename: str) -> Path:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
+        why = _hub_unusable()
         try:
             return Path(
                 hf_hub_download(
@@ -102,15 +118,76 @@ class ModelSource:
                     filename,
                     revision=self.revision,
                     token=hf_token(self.token_source),
-                    local_files_only=_offline(),
+                    local_files_only=bool(why),
                 )
             )
         except Exception as e:
+            if why and isinstance(e, LocalEntryNotFoundError):
+                raise self._not_cached(filename, why) from None
             raise ModelSourceError(f"{self.model_id}@{self.revision}: cannot get {filename} ({_short(e)})") from None
 
+    def _not_cached(self, filename: str | None, why: str) -> NotCachedError:
+        """The one-line error for a Hub file (or the whole repo) missing from the cache while offline."""
+        name = self.model_id if self.revision == "main" else f"{self.model_id}@{self.revision}"
+        what = f"{name}: {filename}" if filename and self._repo_cached() else name
+        return NotCachedError(f"{what} is not in the local Hugging Face cache and {why}")
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    def _repo_cached(self) -> bool:
+        """Whether a snapshot of this repo at this revision is in the local HF cache."""
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=self.model_id, repo_type="model")
+        commit = self.revision
+        if not re.fullmatch(r"[0-9a-f]{40}", commit):
+            try:
+                commit = (repo / "refs" / self.revision).read_text().strip()
+            except OSError:
+                return False
+        return (repo / "snapshots" / commit).is_dir()
+
+
+def _hub_unusable() -> str | None:
+    """Why the Hub cannot be asked (None when it can): offline mode, or no answer from the endpoint."""
+    from huggingface_hub import constants
+
+    _quiet_hub_logging()
+    if _offline():
+        return f"{_offline()} is set"
+    if not _reachable(constants.ENDPOINT):
+        return "the Hub is unreachable (offline)"
+    return None
+
+
+@cache
+def _reachable(endpoint: str) -> bool:
+    """One short HEAD to the endpoint: huggingface_hub would otherwise retry for ~26 s per missing file."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=_PROBE_TIMEOUT_S)
+        return True
+    except Exception:  # any failure to get an HTTP answer means no file can be fetched either
+        return False
+
+
+def _quiet_hub_logging() -> None:
+    """huggingface_hub adds its own stderr handler and also propagates: each warning printed twice."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    for handler in list(hub_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            hub_logger.removeHandler(handler)
+
+
+_PROBE_TIMEOUT_S = 5.0
+
+
+def _offline() -> str | None:
+    """The env variable that turns the Hub off (huggingface_hub honours both), or None."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on"):
+            return name
+    return None
 
 
 def _looks_like_repo_id(value: str) -> bool:
