@@ -214,7 +214,7 @@ def main() -> None:
     if args.gguf is None:
         from mistralrs_cli.loading.default_model import resolve_default_model
 
-        found = resolve_default_model(allow_hub=False)
+        found = resolve_default_model()
         args.gguf = str(found.gguf_path)
     if args.worker:
         fn = {"ours": worker_ours, "llama": worker_llama, "transformers": worker_transformers}[args.worker]

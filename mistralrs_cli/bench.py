@@ -127,7 +127,8 @@ def run_bench(
     def prompt() -> list[int]:
         return [rng.randrange(3, vocab) for _ in range(prompt_len)]
 
-    about = {"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype).removeprefix("torch.")}
+    about = {"model": loaded.name, "device": str(loaded.device), "weights": loaded.weights,
+             "compute_dtype": loaded.compute_dtype, "load_s": loaded.info.get("load_seconds")}
     with Engine(loaded, config) as engine:
         _run(engine, [prompt()], 4)  # warm-up: first-call allocations, rotary table
         (one,), _ = _run(engine, [prompt()], tokens)
@@ -190,10 +191,12 @@ def print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     b1, cc = result["batch1"], result["concurrent"]
-    table = Table(title=f"mistralrs bench — {result['model']} ({result['device']}, {result['dtype']}, "
+    table = Table(title=f"mistralrs bench — {result['model']} ({result['device']}, weights {result['weights']}, compute {result['compute_dtype']}, "
                   f"{result['threads']} threads, prompt {result['prompt_len']}, {result['tokens']} tokens)")
     table.add_column("measure")
     table.add_column("value", justify="right")
+    if result.get("load_s") is not None:
+        table.add_row("model load", f"{result['load_s']:.2f} s")
     table.add_row("TTFT (batch 1)", f"{b1['ttft_s'] * 1000:.0f} ms")
     table.add_row("prefill (batch 1)", f"{b1['prefill_tok_s']:.1f} tok/s")
     table.add_row("decode (batch 1)", f"{b1['decode_tok_s']:.2f} tok/s")

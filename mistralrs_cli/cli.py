@@ -12,11 +12,12 @@ from typing import Annotated
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from mistralrs_cli import __version__
 from mistralrs_cli import cli_options as o
 from mistralrs_cli.ordering_cli import x_lora_ordering
+from mistralrs_cli.pull_cli import pull_default_model
 from mistralrs_cli.runner import ModeOptions, run_mode
 from mistralrs_cli.spec import ModelSpec
 
@@ -29,6 +30,16 @@ HELP = (
     "  mistralrs serve --port 1234 gguf-mistral -f model.Q4_K_M.gguf\n\n"
     "  mistralrs --port 1234 mistral -m ./my-model   (original form: serves; without --port it chats)"
 )
+
+_display_type = TyperOption.display_type_rich
+
+
+def _plain_switches(self: TyperOption, ctx: click.Context) -> str | None:
+    """On/off flags take no value: show them as plain switches, not `<bool>` (typer's default)."""
+    return None if self.is_flag else _display_type(self, ctx)
+
+
+TyperOption.display_type_rich = _plain_switches  # type: ignore[method-assign]
 
 app = typer.Typer(help=HELP, no_args_is_help=False, add_completion=False, rich_markup_mode="rich")
 chat_app = typer.Typer(help="Chat with a model in the terminal (one-shot when stdin is not a terminal).")
@@ -81,7 +92,7 @@ def root(
     chat_template: Annotated[
         str | None, typer.Option("-c", "--chat-template", help="Jinja chat template (file, or JSON file with 'chat_template') overriding the model's.")
     ] = None,
-    interactive: Annotated[bool, typer.Option("-i", "--interactive", hidden=True, help="Original spelling of chat mode.")] = False,
+    interactive: Annotated[bool, typer.Option("-i", "--interactive", help="Chat in the terminal (the original's spelling of `chat`).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
@@ -100,6 +111,8 @@ def root(
     )
     if port is not None and interactive:
         raise typer.BadParameter("--port and -i/--interactive exclude each other")
+    if interactive:
+        ctx.obj.mode = "chat"
     if ctx.invoked_subcommand is None:
         run_mode(ctx, ModelSpec(kind="default", chat_template=chat_template))
 
@@ -127,12 +140,12 @@ def chat(
 def batch(
     ctx: typer.Context,
     input_file: Annotated[Path, typer.Argument(help="JSONL requests (OpenAI Batch API lines or {prompt|messages}).")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output JSONL (default: INPUT.out.jsonl); re-running resumes it.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output JSONL of answers (default: INPUT.out.jsonl); errors go to OUT.errors.jsonl. Re-running resumes: answered lines are kept, errors retried.")] = None,
     max_concurrency: Annotated[int, typer.Option("--max-concurrency", min=1, help="Most requests in flight at once.")] = 64,
     temperature: o.Temperature = None,
     top_p: o.TopP = None,
     top_k: o.TopK = None,
-    max_tokens: o.MaxTokens = None,
+    max_tokens: o.BatchMaxTokens = None,
     seed: o.Seed = None,
 ) -> None:
     """Answer every line of a JSONL file; outputs are flushed per line."""
@@ -324,6 +337,9 @@ for _mode, _group in MODES.items():
     app.add_typer(_group, name=_mode)
 app.command("x-lora-ordering", help="Write an X-LoRA ordering file for a base model and its adapters.")(
     x_lora_ordering
+)
+app.command("pull", help="Download the embedded default model into the cache now (otherwise it is fetched on first use).")(
+    pull_default_model
 )
 
 

@@ -88,7 +88,12 @@ TokenSource = Annotated[
 ]
 Dtype = Annotated[
     str,
-    typer.Option("--dtype", help="auto | f32 | bf16 | f16 (auto: f32 on CPU, the checkpoint's half type on GPU).", rich_help_panel=SOURCE),
+    typer.Option(
+        "--dtype",
+        help="auto | f32 | bf16 | f16. auto: GGUF stays 4-bit on CPU (int4 matmuls, f32 activations), "
+        "safetensors compute in f32 on CPU; on GPU the checkpoint's half type. f32/bf16/f16 dequantize GGUF.",
+        rich_help_panel=SOURCE,
+    ),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.", rich_help_panel=SOURCE)]
 
@@ -99,6 +104,10 @@ Temperature = Annotated[
 TopP = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].", rich_help_panel=SAMPLING)]
 TopK = Annotated[int | None, typer.Option("--top-k", help="Keep the K most likely tokens (0 = off).", rich_help_panel=SAMPLING)]
 MaxTokens = Annotated[int | None, typer.Option("--max-tokens", help="Most tokens to generate per reply.", rich_help_panel=SAMPLING)]
+BatchMaxTokens = Annotated[
+    int | None,
+    typer.Option("--max-tokens", help="Default most tokens per answer; a line's own max_tokens overrides it.", rich_help_panel=SAMPLING),
+]
 Seed = Annotated[int | None, typer.Option("--seed", help="Seed for reproducible sampling.", rich_help_panel=SAMPLING)]
 
 # --- serving ---------------------------------------------------------------------------------

