@@ -39,3 +39,12 @@ class AdapterError(MistralrsError):
 
 class RequestError(MistralrsError, ValueError):
     """A generation request is invalid (bad sampling values, prompt too long...)."""
+
+
+class ContextLengthError(RequestError):
+    """A prompt, with room for max_tokens, is longer than the model's context."""
+
+    def __init__(self, message: str, prompt_tokens: int, context: int) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.context = context

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mistralrs_cli.engine.params import SamplingParams
-from mistralrs_cli.errors import RequestError
+from mistralrs_cli.errors import ContextLengthError, RequestError
 from mistralrs_cli.loading.tokenizer import TextTokenizer
 
 
@@ -61,9 +61,11 @@ def fit_prompt(ids: list[int], params: SamplingParams, limits: Limits) -> tuple[
     room = ctx - (want or 1)  # prompt tokens that fit while leaving room for max_tokens
     if len(ids) > room:
         if not limits.truncate:
-            raise RequestError(
+            raise ContextLengthError(
                 f"the prompt has {len(ids)} tokens; with max_tokens {want or 1} the context of {ctx} "
-                f"allows at most {room} (shorten it or use --truncate-sequence)"
+                f"allows at most {room} (shorten it or use --truncate-sequence)",
+                len(ids),
+                ctx,
             )
         ids = ids[len(ids) - room :]  # keep the end: the most recent turns matter most
     max_tokens = want if want is not None else ctx - len(ids)

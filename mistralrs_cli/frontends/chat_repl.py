@@ -14,7 +14,9 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
+from rich.markup import escape
 
+from mistralrs_cli.errors import ContextLengthError, MistralrsError
 from mistralrs_cli.frontends.chat_render import ReplyPrinter
 
 HELP = """\
@@ -52,6 +54,7 @@ class ChatBackend(Protocol):
     """What the REPL needs from the engine."""
 
     def stream_chat(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> Reply: ...
+    def check_params(self, params: dict[str, Any]) -> None: ...
     def describe(self) -> dict[str, Any]: ...
     def scalings_view(self) -> Any: ...
 
@@ -140,15 +143,21 @@ class ChatRepl:
             self.ask(text)
 
     def ask(self, text: str) -> None:
-        """Send a user message and stream the reply."""
+        """Send a user message and stream the reply; a failed turn leaves the conversation as it was."""
         self.state.messages.append({"role": "user", "content": text})
-        self._reply()
+        if not self._reply():
+            self.state.messages.pop()
 
-    def _reply(self) -> None:
+    def _reply(self) -> bool:
+        """Stream one reply to the conversation; on an error print one line and return False."""
         printer = ReplyPrinter(self.markdown)
         start = time.perf_counter()
         first: float | None = None
-        reply = self.backend.stream_chat(self.state.conversation(), dict(self.state.params))
+        try:
+            reply = self.backend.stream_chat(self.state.conversation(), dict(self.state.params))
+        except MistralrsError as e:
+            self._turn_error(e)
+            return False
         stopped = False
         try:
             for piece in reply:
@@ -158,6 +167,10 @@ class ChatRepl:
         except KeyboardInterrupt:
             reply.abort()
             stopped = True
+        except MistralrsError as e:  # the engine ended the request with an error mid-stream
+            printer.finish()
+            self._turn_error(e)
+            return False
         printer.finish()
         elapsed = time.perf_counter() - start
         # NOTE: a stopped reply is kept in the conversation, as ollama and llm do.
@@ -169,13 +182,28 @@ class ChatRepl:
         rate = n / max(elapsed - (first or 0), 1e-9) if n > 1 else 0.0
         note = " · stopped" if stopped else ""
         self.err.print(f"[dim]{n} tokens · {rate:.1f} tok/s · first token {first or 0:.2f} s{note}[/]")
+        return True
+
+    def _turn_error(self, e: MistralrsError) -> None:
+        if not isinstance(e, ContextLengthError):
+            self.error(e.message)
+        elif len(self.state.messages) > 1:
+            self.error(f"the conversation ({e.prompt_tokens} tokens) has outgrown the context ({e.context} tokens "
+                       "with room for a reply); /clear starts a new one")
+        else:
+            self.error(f"the message ({e.prompt_tokens} tokens) does not fit the context ({e.context} tokens "
+                       "with room for a reply)")
+
+    def error(self, message: str) -> None:
+        """Print one red error line; the session goes on."""
+        self.err.print(f"[red]error: {escape(message)}[/]", soft_wrap=True)  # one line, however long
 
     def command(self, line: str) -> str | None:
         """Run one slash command; returns 'exit' to leave."""
         cmd, _, arg = line.partition(" ")
         arg = arg.strip()
         handlers: dict[str, Callable[[str], str | None]] = {
-            "/help": lambda _: self.err.print(HELP),
+            "/help": lambda _: self.err.print(HELP, markup=False),
             "/exit": lambda _: "exit", "/quit": lambda _: "exit",
             "/system": self._system, "/clear": self._clear, "/params": self._params,
             "/save": self._save, "/load": self._load, "/stats": self._stats,
@@ -183,13 +211,15 @@ class ChatRepl:
         }
         handler = handlers.get(cmd)
         if handler is None:
-            self.err.print(f"[red]unknown command {cmd}[/] — /help lists them")
+            self.error(f"unknown command {cmd} — /help lists them")
             return None
         try:
             return handler(arg)
+        except MistralrsError as e:
+            self.error(f"{cmd}: {e.message}")
         except (OSError, ValueError) as e:
-            self.err.print(f"[red]{cmd}: {e}[/]")
-            return None
+            self.error(f"{cmd}: {e}")
+        return None
 
     def _system(self, arg: str) -> None:
         self.state.system = arg or None
@@ -201,11 +231,20 @@ class ChatRepl:
         self.err.print("[dim]new conversation[/]")
 
     def _params(self, arg: str) -> None:
+        params = dict(self.state.params)
         for item in arg.split():
             key, eq, value = item.partition("=")
             if not eq or key not in PARAM_TYPES:
                 raise ValueError(f"expected key=value with key in {', '.join(PARAM_TYPES)}")
-            self.state.params[key] = PARAM_TYPES[key](value)
+            kind = PARAM_TYPES[key]
+            try:
+                params[key] = kind(value)
+            except ValueError:
+                what = "an integer" if kind is int else "a number"
+                raise ValueError(f"{key} must be {what}, got {value!r}") from None
+        # NOTE: checked as a request would be, so a value no turn could use is refused now, not kept.
+        self.backend.check_params(params)
+        self.state.params = params
         shown = ", ".join(f"{k}={v}" for k, v in self.state.params.items()) or "defaults"
         self.err.print(f"params: {shown}")
 
@@ -235,8 +274,9 @@ class ChatRepl:
     def _regen(self, _: str) -> None:
         if not self.state.messages or self.state.messages[-1]["role"] != "assistant":
             raise ValueError("no reply to regenerate")
-        self.state.messages.pop()
-        self._reply()
+        last = self.state.messages.pop()
+        if not self._reply():
+            self.state.messages.append(last)  # a failed regeneration keeps the old reply
 
     def _read(self, arg: str) -> None:
         if not arg:

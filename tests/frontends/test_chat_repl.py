@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import pexpect
 import pytest
 
+from tests.frontends.repl_pty import PROMPT
+from tests.frontends.repl_pty import spawn_repl as _spawn
 from tests.oracles.tiny_models import save_tiny_folder, tiny_hf_model
-
-# prompt_toolkit draws "> " as ">" plus a cursor move over the space.
-PROMPT = r">(?:\x08\x1b\[2C| )"
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +17,6 @@ def long_context_model(tmp_path_factory):
     # A long context so that a reply runs for seconds: time to press Ctrl-C in the middle.
     model = tiny_hf_model("llama", seed=2, max_position_embeddings=4096)
     return save_tiny_folder(model, tmp_path_factory.mktemp("tiny-long"))
-
-
-def _spawn(model_dir, tmp_path, *mode_args):
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "TERM": "xterm", "COLUMNS": "120", "LINES": "40",
-           "PROMPT_TOOLKIT_NO_CPR": "1"}
-    args = ["-m", "mistralrs_cli", "chat", *mode_args, "mistral", "-m", str(model_dir), "--repeat-last-n", "0"]
-    return pexpect.spawn(sys.executable, args, env=env, encoding="utf-8", timeout=60, dimensions=(40, 120))
 
 
 def test_repl_question_command_interrupt_exit(long_context_model, tmp_path):
