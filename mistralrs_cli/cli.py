@@ -20,6 +20,7 @@ from mistralrs_cli.ordering_cli import x_lora_ordering
 from mistralrs_cli.pull_cli import pull_default_model
 from mistralrs_cli.runner import ModeOptions, run_mode
 from mistralrs_cli.spec import ModelSpec
+from mistralrs_cli.xlora_demo_cli import x_lora_demo
 
 HELP = (
     "Fast, correct inference for Mistral-family models: chat in the terminal, run JSONL batches, "
@@ -338,6 +339,7 @@ for _mode, _group in MODES.items():
 app.command("x-lora-ordering", help="Write an X-LoRA ordering file for a base model and its adapters.")(
     x_lora_ordering
 )
+app.command("x-lora-demo", help="Write a small random X-LoRA for the default model into a folder (offline).")(x_lora_demo)
 app.command("pull", help="Download the embedded default model into the cache now (otherwise it is fetched on first use).")(
     pull_default_model
 )
