@@ -135,6 +135,7 @@ def run_bench(
         many, wall = _run(engine, [prompt() for _ in range(concurrency)], tokens)
         stats = engine.stats()
     threads, max_seqs = engine_threads(engine.config.threads), engine.config.max_seqs
+    kv_cache = engine.kv_budget.describe()
     decode_1 = _decode_rate(one)
     base_decode = None
     if baseline is not None:
@@ -155,6 +156,7 @@ def run_bench(
         "tokens": tokens,
         "concurrency": concurrency,
         "max_seqs": max_seqs,
+        "kv_cache": kv_cache,
         "batch1": {
             "ttft_s": ttft,
             "prefill_tok_s": prompt_len / ttft,
@@ -197,6 +199,8 @@ def print_table(result: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     if result.get("load_s") is not None:
         table.add_row("model load", f"{result['load_s']:.2f} s")
+    if result.get("kv_cache"):
+        table.add_row("KV cache", result["kv_cache"])
     table.add_row("TTFT (batch 1)", f"{b1['ttft_s'] * 1000:.0f} ms")
     table.add_row("prefill (batch 1)", f"{b1['prefill_tok_s']:.1f} tok/s")
     table.add_row("decode (batch 1)", f"{b1['decode_tok_s']:.2f} tok/s")

@@ -88,7 +88,7 @@ def root(
     ] = False,
     no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="Recompute the whole sequence every step (debugging).")] = False,
     kv_cache_mem: Annotated[
-        float | None, typer.Option("--kv-cache-mem", help="KV cache budget in MiB (default: sized from free memory).")
+        float | None, typer.Option("--kv-cache-mem", help="KV cache budget in MiB (default: what --max-seqs x the context can use, at most 1 GiB on CPU or half the free GPU memory).")
     ] = None,
     chat_template: Annotated[
         str | None, typer.Option("-c", "--chat-template", help="Jinja chat template (file, or JSON file with 'chat_template') overriding the model's.")
@@ -162,9 +162,16 @@ def serve(
     api_key: Annotated[
         str | None, typer.Option("--api-key", envvar="MISTRALRS_API_KEY", help="Require this Bearer token on /v1 routes.")
     ] = None,
+    served_model_name: Annotated[
+        list[str] | None,
+        typer.Option("--served-model-name", metavar="<name>", help="Name clients use for the model (repeatable; default: the model's "
+                     "name). Requests naming another model get 404 model_not_found."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No access-log line per request on stderr.")] = False,
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions and /v1/models."""
-    _set_mode(ctx, "serve", port=port, serve_ip=serve_ip, api_key=api_key)
+    _set_mode(ctx, "serve", port=port, serve_ip=serve_ip, api_key=api_key, served_model_name=served_model_name,
+              quiet=quiet)
 
 
 @bench_app.callback(invoke_without_command=True)

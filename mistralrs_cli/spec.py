@@ -46,6 +46,6 @@ class ModelSpec:
 
     @property
     def display_name(self) -> str:
-        """A short name for logs, /v1/models and the chat banner."""
-        name = self.model_id or self.quantized_filename or self.quantized_model_id or self.kind
+        """A short name for logs, /v1/models and the chat banner (an X-LoRA model's own, not its base's)."""
+        name = self.xlora_model_id or self.model_id or self.quantized_filename or self.quantized_model_id or self.kind
         return Path(name).name if name and Path(name).exists() else (name or self.kind)

@@ -42,7 +42,8 @@ class EngineCore:
         self.tokenizer = loaded.tokenizer
         bs = self.config.block_size
         self.block_bytes = block_bytes(loaded.model, cfg, bs, loaded.dtype)
-        num_blocks = self.config.num_blocks(loaded.device, self.block_bytes)
+        self.kv_budget = self.config.kv_budget(loaded.device, self.block_bytes)
+        num_blocks = self.kv_budget.blocks
         # A wrapper whose cached K/V depend on more than the tokens before them (X-LoRA with
         # frozen scalings) must not share prefixes between requests.
         sharing = self.config.prefix_caching and getattr(loaded.model, "prefix_cache_safe", True)

@@ -37,6 +37,7 @@ class Engine:
         self.loaded = loaded
         self.core = EngineCore(loaded, config)
         self.config = self.core.config
+        self.kv_budget = self.core.kv_budget  # the pool's size and why, for the start-up line
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._ids = itertools.count()
         self._stats = self.core.stats()

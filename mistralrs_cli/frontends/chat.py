@@ -118,7 +118,7 @@ class EngineChatBackend:
         stats = self.engine.stats()
         return {"name": loaded.name, "device": str(loaded.device), "weights": loaded.weights,
                 "compute dtype": loaded.compute_dtype,
-                "kv cache": f"{stats.kv_bytes_used / 2**20:.1f}/{stats.kv_bytes_total / 2**20:.0f} MiB",
+                "kv cache": f"{stats.kv_bytes_used / 2**20:.1f} MiB used of {self.engine.kv_budget.describe()}",
                 **{k: v for k, v in loaded.info.items() if isinstance(v, (str, int, float))}}
 
     def scalings_view(self) -> Any:

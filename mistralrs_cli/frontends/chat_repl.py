@@ -118,8 +118,11 @@ class ChatRepl:
 
     def run(self) -> int:
         """Loop until /exit, Ctrl-D, or Ctrl-C twice at an empty prompt; returns the exit code."""
-        name = self.backend.describe().get("name", "model")
-        self.err.print(f"[bold]mistralrs[/] chat with [cyan]{name}[/] — /help for commands, Ctrl-D to leave")
+        facts = self.backend.describe()
+        name = facts.get("name", "model")
+        self.err.print(f"[bold]mistralrs[/] chat with [cyan]{escape(str(name))}[/] — /help for commands, Ctrl-D to leave")
+        if facts.get("kv cache"):
+            self.err.print(f"[dim]{escape(str(facts['kv cache']))}[/]")
         interrupts = 0
         while True:
             try:

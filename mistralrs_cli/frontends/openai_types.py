@@ -1,6 +1,10 @@
 """OpenAI request shapes (chat and completions), shared by `serve` and `batch`.
 
-Unknown fields are ignored, as OpenAI does; known fields with the wrong type are rejected.
+Known fields with the wrong type are rejected. OpenAI fields this server cannot honour and
+that would change the answer's meaning (`tools`, `response_format`...) are rejected by name
+(UNSUPPORTED), so a client never gets a silently different answer; the harmless ones in
+IGNORED are accepted and ignored. Other unknown fields are ignored, as vLLM does, so
+clients that send vendor extensions keep working.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 from mistralrs_cli.engine.params import MAX_TOP_LOGPROBS
 
@@ -45,6 +52,37 @@ LogitBias = Annotated[
     WithJsonSchema({"type": "object", "propertyNames": {"pattern": "^[0-9]+$"},
                     "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}}),
 ]
+
+
+# Known OpenAI (and vLLM) fields that change what the answer means; each gets a 400 naming
+# it until it is supported. A value that asks for nothing (null, [], tool_choice "none",
+# response_format {"type": "text"}, best_of equal to n) is accepted.
+UNSUPPORTED_CHAT = ("tools", "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
+                    "web_search_options")
+UNSUPPORTED_COMPLETION = ("suffix", "best_of")
+UNSUPPORTED_ANY = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+# Known fields accepted and ignored on purpose: they do not change the answer.
+IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+           "safety_identifier")
+# Unsupported fields: any value accepted, checked by _refuse, left out of the OpenAPI document.
+Refused = SkipJsonSchema[Any]
+
+
+def _asks_nothing(name: str, value: Any, n: int) -> bool:
+    if value is None or value == [] or value == {}:
+        return True
+    if name in ("tool_choice", "function_call"):
+        return value == "none"
+    if name == "response_format":
+        return isinstance(value, dict) and value.get("type") == "text" and len(value) == 1
+    return name == "best_of" and value == n
+
+
+def _refuse(value: Any, info: ValidationInfo) -> Any:
+    name = info.field_name or "field"
+    if _asks_nothing(name, value, info.data.get("n") or 1):
+        return None
+    raise PydanticCustomError("unsupported", "'{name}' is not supported yet", {"name": name})
 
 
 class _Lenient(BaseModel):
@@ -113,6 +151,13 @@ class _Sampling(_Lenient):
     user: str | None = None
     # Extension: per-token mean X-LoRA scalings in the response.
     xlora_scalings: bool | None = False
+    response_format: Refused = None
+    guided_json: Refused = None
+    guided_regex: Refused = None
+    guided_choice: Refused = None
+    guided_grammar: Refused = None
+
+    _refuse_any = field_validator(*UNSUPPORTED_ANY, mode="before")(_refuse)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -122,6 +167,16 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = False
     top_logprobs: TopLogprobs | None = None
+    tools: Refused = None
+    tool_choice: Refused = None
+    functions: Refused = None
+    function_call: Refused = None
+    audio: Refused = None
+    modalities: Refused = None
+    prediction: Refused = None
+    web_search_options: Refused = None
+
+    _refuse_chat = field_validator(*UNSUPPORTED_CHAT, mode="before")(_refuse)
 
     def plain_messages(self) -> list[dict[str, Any]]:
         """Messages as {role, content} dicts for the chat template (developer -> system)."""
@@ -146,6 +201,10 @@ class CompletionRequest(_Sampling):
     )
     logprobs: TopLogprobs | None = None
     echo: bool | None = False
+    suffix: Refused = None
+    best_of: Refused = None
+
+    _refuse_completion = field_validator(*UNSUPPORTED_COMPLETION, mode="before")(_refuse)
 
     def prompts(self) -> list[str | list[int]]:
         """Every prompt in the request (a string, token ids, or lists of either)."""
@@ -180,6 +239,8 @@ def describe_errors(errors: Sequence[Any], skip: tuple[str, ...] = ()) -> tuple[
     # Drop list positions and union-branch tags ("str", "list[ContentPart]") from the path.
     names = [str(p) for p in best.get("loc", ()) if isinstance(p, str) and p not in skip and not _branch_tag(p)]
     param = ".".join(names) or None
+    if best.get("type") == "unsupported":
+        return best["msg"], param  # already names the field
     message = "is required" if best.get("type") == "missing" else best.get("msg", "invalid value")
     return f"{param or 'request'}: {message}", param
 

@@ -16,19 +16,23 @@ import socket
 import threading
 import time
 from collections.abc import Generator
+from dataclasses import replace
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
+from rich.markup import escape
 from uvicorn.server import HANDLED_SIGNALS
 
 from mistralrs_cli import __version__
 from mistralrs_cli.engine import Engine, EngineConfig
 from mistralrs_cli.errors import ConfigError
 from mistralrs_cli.frontends.engine_setup import engine_config
+from mistralrs_cli.frontends.request_log import RequestLog
 from mistralrs_cli.frontends.server_errors import install_handlers
-from mistralrs_cli.frontends.server_http import HttpMiddleware, RequestLog
+from mistralrs_cli.frontends.server_http import HttpMiddleware
 from mistralrs_cli.frontends.server_routes import check_api_key, public, v1
 from mistralrs_cli.frontends.server_state import ServerConfig, ServerState
 from mistralrs_cli.runner import ModeOptions, stderr
@@ -134,17 +138,39 @@ def server_config(opts: ModeOptions) -> ServerConfig:
     host = mo.get("serve_ip") or "127.0.0.1"
     if host == "127.0.0.1":  # `serve` left its default: the root's --serve-ip may say otherwise
         host = opts.serve_ip
+    names = tuple(mo.get("served_model_name") or ())
+    for name in names:
+        if not name.strip():
+            raise ConfigError("--served-model-name must not be empty")
     return ServerConfig(
         host=host,
         port=DEFAULT_PORT if port is None else port,
         api_key=mo.get("api_key") or os.environ.get("MISTRALRS_API_KEY") or None,
         log_file=opts.log,
+        served_names=tuple(dict.fromkeys(names)),  # repeated names listed once
+        access_log=not mo.get("quiet", False),
     )
+
+
+def command_line_names(spec: ModelSpec) -> tuple[str, ...]:
+    """The model path or id given on the command line (as typed and resolved), for requests that name it.
+
+    An X-LoRA model is named by its X-LoRA model id, never by its base.
+    """
+    given = [spec.xlora_model_id] if spec.xlora_model_id else [spec.model_id, spec.quantized_filename,
+                                                                 spec.quantized_model_id]
+    names: list[str] = []
+    for name in filter(None, given):
+        names.append(name)
+        if Path(name).exists():
+            names.append(str(Path(name).resolve()))
+    return tuple(dict.fromkeys(names))
 
 
 def run_serve(spec: ModelSpec, opts: ModeOptions, config: ServerConfig | None = None) -> None:
     """Serve until SIGINT/SIGTERM; a model that fails to load stops the server and raises its error."""
     config = config or server_config(opts)
+    config = replace(config, model_aliases=config.model_aliases or command_line_names(spec))
     state = ServerState(config, spec.display_name)
     app = create_app(state)
     sock = bind_socket(config.host, config.port)
@@ -164,9 +190,12 @@ def run_serve(spec: ModelSpec, opts: ModeOptions, config: ServerConfig | None = 
 
     state.start_loading(lambda: _load_engine(spec, engine_cfg), failed)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    stderr.print(f"[bold]mistralrs[/] listening on {url}/v1 (loading {spec.display_name}...)", highlight=False)
+    # soft_wrap: a long model path must not break the line (scripts read the URL from it).
+    stderr.print(f"[bold]mistralrs[/] listening on {url}/v1 (loading {escape(spec.display_name)}...)",
+                 highlight=False, soft_wrap=True)
     if host not in LOOPBACK and not config.api_key:
-        stderr.print("[yellow]warning:[/] listening beyond loopback without --api-key", highlight=False)
+        stderr.print("[yellow]warning:[/] listening beyond loopback without --api-key", highlight=False,
+                     soft_wrap=True)
     try:
         server.run(sockets=[sock])
     finally:
@@ -181,5 +210,7 @@ def _load_engine(spec: ModelSpec, config: EngineConfig) -> Engine:
 
     start = time.perf_counter()
     engine = Engine(load_model(spec), config)
-    stderr.print(f"model {engine.loaded.name} ready in {time.perf_counter() - start:.1f} s", highlight=False)
+    seconds = time.perf_counter() - start
+    stderr.print(f"model {escape(engine.loaded.name)} ready in {seconds:.1f} s; {engine.kv_budget.describe()}",
+                 highlight=False, soft_wrap=True)
     return engine

@@ -1,4 +1,4 @@
-"""The outermost ASGI layer: request body size limit, per-request metrics, and the --log JSON lines.
+"""The outermost ASGI layer: request body size limit, per-request metrics, the --log JSON lines, access log.
 
 A pure ASGI middleware (not Starlette's BaseHTTPMiddleware) so streamed responses pass
 through untouched and a client disconnect still reaches the route.
@@ -7,14 +7,14 @@ through untouched and a client disconnect still reaches the route.
 from __future__ import annotations
 
 import json
-import threading
+import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mistralrs_cli.frontends.request_log import RequestLog
 from mistralrs_cli.frontends.server_errors import ApiError
 from mistralrs_cli.frontends.server_state import ServerState
 
@@ -22,26 +22,6 @@ ENDPOINTS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions", 
                        "/openapi.json", "/docs"})
 LOG_BODY_CAP = 1 << 20  # response bytes kept for the log; longer bodies are logged as truncated
 CLIENT_GONE = 499  # nginx's "client closed request": logged and counted, never sent
-
-
-class RequestLog:
-    """Appends one JSON object per line to a file, flushed per line so a crash loses nothing."""
-
-    def __init__(self, path: Path) -> None:
-        self._file = open(path, "a", encoding="utf-8")  # closed by close()
-        self._lock = threading.Lock()
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record."""
-        line = json.dumps(record, ensure_ascii=False, default=str)
-        with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
-
-    def close(self) -> None:
-        """Close the file."""
-        with self._lock:
-            self._file.close()
 
 
 def endpoint_of(path: str) -> str:
@@ -136,6 +116,18 @@ class HttpMiddleware:
             self.state.metrics.request_done(endpoint_of(scope["path"]), status, seconds)
             if self.log is not None:
                 self.log.write(_record(scope, status, seconds, body, bytes(out), info.get("summary")))
+            if self.state.config.access_log:
+                sys.stderr.write(access_line(scope, status) + "\n")
+                sys.stderr.flush()
+
+
+def access_line(scope: Scope, status: int) -> str:
+    """uvicorn's access-log line, written when the response ends (so a stream's client that left shows 499)."""
+    client = scope.get("client")
+    who = f"{client[0]}:{client[1]}" if client else "-"
+    query = scope.get("query_string", b"").decode("latin-1")
+    target = scope["path"] + (f"?{query}" if query else "")
+    return f'{who} - "{scope["method"]} {target} HTTP/{scope.get("http_version", "1.1")}" {status}'
 
 
 def _record(scope: Scope, status: int, seconds: float, body: bytes, out: bytes, summary: Any) -> dict[str, Any]:

@@ -88,27 +88,24 @@ def check_api_key(request: Request, credentials: HTTPAuthorizationCredentials | 
 
 
 # --- models -------------------------------------------------------------------------------
-def _card(state: ServerState) -> dict[str, Any]:
-    return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "mistralrs"}
+def _card(state: ServerState, name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": state.created, "owned_by": "mistralrs"}
 
 
-@v1.get("/models", summary="List the served model")
+@v1.get("/models", summary="List the served model names")
 async def list_models(request: Request) -> dict[str, Any]:
-    """The one model this server runs."""
+    """The one model this server runs, once per served name (--served-model-name)."""
     state = state_of(request)
     state.require_engine()
-    return {"object": "list", "data": [_card(state)]}
+    return {"object": "list", "data": [_card(state, name) for name in state.served]}
 
 
 @v1.get("/models/{model_id:path}", summary="Describe a model")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-    """The served model's card, or 404 for any other id."""
+    """The card of a served name (or of the model path given at start), or 404 model_not_found."""
     state = state_of(request)
     state.require_engine()
-    if model_id != state.model_name:
-        raise ApiError(404, f"model {model_id!r} is not served here (this server runs {state.model_name!r})",
-                       param="model", code="model_not_found")
-    return _card(state)
+    return _card(state, state.resolve_model(model_id))
 
 
 # --- generation ----------------------------------------------------------------------------
@@ -117,6 +114,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     """OpenAI's chat completions: messages in, choices out; SSE chunks ending in [DONE] when streaming."""
     state = state_of(request)
     engine = state.require_engine()
+    model = state.resolve_model(body.model)
     ticket = state.admit(1, "/v1/chat/completions", request.scope.setdefault("mistralrs", {}))
     try:
         ticket.streams = [await _submit(lambda: submit_chat(engine, body), CHAT_FIELDS)]
@@ -125,9 +123,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         raise
     if body.stream:
         include = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(chat_events(ticket.streams[0], ticket, state.model_name, include), ticket)
+        return _sse(chat_events(ticket.streams[0], ticket, model, include), ticket)
     extra = (lambda outs: xlora_field(engine, outs)) if body.xlora_scalings else (lambda outs: None)
-    return await _respond(request, ticket, lambda outs: chat_response(outs[0], state.model_name, extra(outs)))
+    return await _respond(request, ticket, lambda outs: chat_response(outs[0], model, extra(outs)))
 
 
 @v1.post("/completions", summary="Text completion (streamed with stream: true)", responses=GENERATED)
@@ -135,6 +133,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     """OpenAI's legacy completions: one or more prompts (text or token ids) continued."""
     state = state_of(request)
     engine = state.require_engine()
+    model = state.resolve_model(body.model)
     ticket = state.admit(len(body.prompts()), "/v1/completions", request.scope.setdefault("mistralrs", {}))
     try:
         ticket.streams = await _submit(lambda: submit_completions(engine, body), COMPLETION_FIELDS)
@@ -144,10 +143,10 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         raise
     if body.stream:
         include = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(completion_events(ticket.streams, ticket, state.model_name, include, echo), ticket)
+        return _sse(completion_events(ticket.streams, ticket, model, include, echo), ticket)
     extra = (lambda outs: xlora_field(engine, outs)) if body.xlora_scalings else (lambda outs: {})
     return await _respond(request, ticket,
-                          lambda outs: {**completion_response(outs, state.model_name, echo), **extra(outs)})
+                          lambda outs: {**completion_response(outs, model, echo), **extra(outs)})
 
 
 def _prompt_text(engine: Any, prompt: str | list[int]) -> str:

@@ -8,6 +8,7 @@ what it produced, so a disconnect, an error or a shutdown always releases what i
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,13 @@ class ServerConfig:
     # Engine requests admitted at once (running + waiting); beyond it clients get 429.
     max_queue: int = 256
     drain_timeout: float = 10.0  # seconds in-flight requests may finish after SIGINT/SIGTERM
+    # --served-model-name: the names /v1/models lists (the first is reported in responses);
+    # empty: the loaded model's display name.
+    served_names: tuple[str, ...] = ()
+    # Also accepted as a request's `model` (reported as the first served name): the model
+    # path or id given on the command line.
+    model_aliases: tuple[str, ...] = ()
+    access_log: bool = True  # one uvicorn-style line per request on stderr (off with --quiet)
 
 
 class ServerState:
@@ -43,7 +51,9 @@ class ServerState:
 
     def __init__(self, config: ServerConfig, model_name: str) -> None:
         self.config = config
-        self.model_name = model_name
+        self.served: tuple[str, ...] = config.served_names or (model_name,)
+        self.model_name = self.served[0]  # what responses report
+        self.aliases = set(config.model_aliases)  # plus the loaded model's display name, once loaded
         self.created = int(time.time())
         self.engine: Engine | None = None  # set by the loading thread (one atomic assignment)
         self.load_error: BaseException | None = None
@@ -65,7 +75,10 @@ class ServerState:
                 log.error("loading the model failed: %s", e)
                 on_failure()
                 return
-            self.model_name = engine.loaded.name
+            if not self.config.served_names:
+                self.served = (engine.loaded.name,)
+                self.model_name = engine.loaded.name
+            self.aliases.add(engine.loaded.name)
             self.engine = engine
 
         thread = threading.Thread(target=run, name="mistralrs-load", daemon=True)
@@ -92,6 +105,18 @@ class ServerState:
                            headers={"Retry-After": "1"})
         return self.engine
 
+    def resolve_model(self, requested: str | None) -> str:
+        """The served name a request's `model` names (missing: the first), or 404 model_not_found."""
+        if not requested:
+            return self.model_name
+        if requested in self.served:
+            return requested
+        if requested in self.aliases:
+            return self.model_name
+        served = ", ".join(repr(n) for n in self.served)
+        raise ApiError(404, f"the model {requested!r} does not exist on this server (it serves {served})",
+                       param="model", code="model_not_found")
+
     # --- admission ---
     def admit(self, count: int, endpoint: str, info: dict[str, Any]) -> Ticket:
         """Reserve `count` engine requests, or 429 when the queue is full."""
@@ -112,7 +137,9 @@ class ServerState:
         if self.draining:
             return
         self.draining = True
-        log.warning("shutting down: waiting up to %.0f s for %d requests", self.config.drain_timeout, self.in_flight)
+        # A normal shutdown: a plain line, not a warning.
+        waiting = f": waiting up to {self.config.drain_timeout:.0f} s for {self.in_flight} requests" if self.in_flight else ""
+        print(f"shutting down{waiting}", file=sys.stderr, flush=True)
         timer = threading.Timer(self.config.drain_timeout, self.abort_all)
         timer.daemon = True
         timer.start()

@@ -15,6 +15,8 @@ def test_bench_reports_every_figure(tiny_llama, capsys):
     out, err = capsys.readouterr()
     assert json.loads(out) == json.loads(json.dumps(result))
     assert "TTFT" in err and "throughput" in err  # the rich table goes to stderr
+    assert result["kv_cache"].startswith("KV cache ") and "4 sequences x" in result["kv_cache"]
+    assert "KV cache" in err
     b1, cc = result["batch1"], result["concurrent"]
     assert b1["ttft_s"] > 0 and b1["prefill_tok_s"] > 0 and b1["decode_tok_s"] > 0
     assert cc["generated_tokens"] == 4 * 5 and cc["throughput_tok_s"] > 0

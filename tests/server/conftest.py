@@ -1,7 +1,12 @@
-"""Server fixtures: a real uvicorn server on a loopback port, in a thread, over the tiny model."""
+"""Server fixtures: a real uvicorn server on a loopback port, in a thread, over the tiny model;
+and `mistralrs serve` as a real process (ServerProcess, the `spawn` fixture)."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,8 +73,14 @@ class LiveServer:
 
 def start_server(loaded, config: ServerConfig | None = None,
                  load: Callable[[], Engine] | None = None, engine_config: EngineConfig | None = None) -> LiveServer:
-    """A LiveServer whose engine loads via `load` (default: an Engine over `loaded`); waits until ready."""
-    state = ServerState(config or ServerConfig(host="127.0.0.1", port=0), "tiny")
+    """A LiveServer whose engine loads via `load` (default: an Engine over `loaded`); waits until ready.
+
+    Unless `config` names them, the served model name is "tiny" (what the tests send as `model`).
+    No access log: a thread's late line would land in another test's output (test_cli_serve_names
+    checks it on a real process).
+    """
+    config = config or ServerConfig(host="127.0.0.1", port=0)
+    state = ServerState(replace(config, served_names=config.served_names or ("tiny",), access_log=False), "tiny")
     live = LiveServer(state)
     state.start_loading(load or (lambda: Engine(loaded, engine_config or EngineConfig(max_seqs=8))))
     if load is None:
@@ -128,3 +139,74 @@ def fresh_server(tiny_loaded) -> Iterator[Callable[..., LiveServer]]:
             live.stop()
         else:
             live.state.close()
+
+
+class ServerProcess:
+    """`python -m mistralrs_cli ARGS` on a free loopback port, its URL read from stderr."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "mistralrs_cli", *args], stderr=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})})
+        self.lines: list[str] = []
+
+    def wait_ready(self) -> None:
+        """Read the URL from stderr, then wait until /health says the model is loaded."""
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)/v1", line)
+            if found:
+                self.url = found.group(1)
+                break
+        else:
+            pytest.fail("server did not start:\n" + "".join(self.lines))
+        # Keep draining stderr so the child never blocks on a full pipe.
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
+        deadline = time.monotonic() + 60
+        while httpx.get(self.url + "/health").status_code != 200:
+            assert time.monotonic() < deadline, "model did not load:\n" + "".join(self.lines)
+            time.sleep(0.1)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        """The first stderr line (read so far or arriving within `timeout`) matching `pattern`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.lines):
+                found = re.search(pattern, line)
+                if found:
+                    return found
+            assert time.monotonic() < deadline, f"no line matches {pattern!r}:\n" + "".join(self.lines)
+            time.sleep(0.05)
+
+    def client(self, api_key: str = "none") -> openai.OpenAI:
+        """The SDK for this server."""
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=60)
+
+    def stop(self, sig: int) -> int:
+        """Send `sig` and return the exit code (killing the process if it hangs); all of stderr is then read."""
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self.reader.join(10)
+        return code
+
+
+@pytest.fixture
+def spawn():
+    """Start ServerProcesses; any still running at the end of the test is killed."""
+    procs: list[ServerProcess] = []
+
+    def make(args: list[str], env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(args, env)
+        procs.append(server)
+        server.wait_ready()
+        return server
+
+    yield make
+    for server in procs:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(10)

@@ -31,7 +31,7 @@ def _assert_error_shape(body: dict, param: str | None = "__any__") -> dict:
 ])
 def test_bad_values_are_400_with_param(server: LiveServer, extra, param):
     with pytest.raises(openai.BadRequestError) as e:
-        server.client().chat.completions.create(model="m", messages=MSG, extra_body=extra)
+        server.client().chat.completions.create(model="tiny", messages=MSG, extra_body=extra)
     assert e.value.status_code == 400
     err = _assert_error_shape(e.value.body if "error" in e.value.body else {"error": e.value.body}, param)
     assert err["type"] == "invalid_request_error"
@@ -40,7 +40,7 @@ def test_bad_values_are_400_with_param(server: LiveServer, extra, param):
 @pytest.mark.parametrize(("body", "fragment"), [
     ('{"messages": [{"role": "user", "content": "x"}', "not valid JSON"),
     ("[1, 2]", "JSON object"),
-    ('{"model": "m"}', "messages"),
+    ('{"model": "tiny"}', "messages"),
     ('{"messages": []}', "messages"),
     ('{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "text"),
     ('{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "finite"),
@@ -57,9 +57,9 @@ def test_completions_validation(server: LiveServer):
     client = server.client()
     for prompt in ([], [[]], [-1]):
         with pytest.raises(openai.BadRequestError):
-            client.completions.create(model="m", prompt=prompt)
+            client.completions.create(model="tiny", prompt=prompt)
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model="m", prompt=[1, 10_000])  # token id beyond the vocabulary
+        client.completions.create(model="tiny", prompt=[1, 10_000])  # token id beyond the vocabulary
     assert "vocabulary" in e.value.message
 
 
@@ -88,23 +88,23 @@ def test_queue_full_is_429(server: LiveServer):
     state.in_flight += state.config.max_queue  # as if the queue were full of other requests
     try:
         with pytest.raises(openai.RateLimitError) as e:
-            server.client().chat.completions.create(model="m", messages=MSG, max_tokens=2)
+            server.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=2)
         assert e.value.response.headers["retry-after"] == "1"
     finally:
         state.in_flight -= state.config.max_queue
-    server.client().chat.completions.create(model="m", messages=MSG, max_tokens=2)
+    server.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=2)
 
 
 def test_auth_on_v1_only(auth_server: LiveServer):
     for key in ("none", API_KEY + "x"):
         with pytest.raises(openai.AuthenticationError) as e:
-            auth_server.client(api_key=key).chat.completions.create(model="m", messages=MSG, max_tokens=2)
+            auth_server.client(api_key=key).chat.completions.create(model="tiny", messages=MSG, max_tokens=2)
         assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
     with auth_server.http() as http:
         r = http.get("/v1/models")  # no header at all
         assert r.status_code == 401 and _assert_error_shape(r.json())["type"] == "invalid_request_error"
         assert http.get("/health").status_code == 200 and http.get("/metrics").status_code == 200
-    ok = auth_server.client(api_key=API_KEY).chat.completions.create(model="m", messages=MSG, max_tokens=2,
+    ok = auth_server.client(api_key=API_KEY).chat.completions.create(model="tiny", messages=MSG, max_tokens=2,
                                                                     temperature=0)
     assert ok.usage.completion_tokens == 2
 

@@ -63,12 +63,12 @@ def test_503_while_loading_then_ready(fresh_server, tiny_loaded):
         assert health.status_code == 503 and health.json()["status"] == "loading"
         assert "mistralrs_model_loaded 0" in http.get("/metrics").text
     with pytest.raises(openai.InternalServerError) as e:
-        live.client().chat.completions.create(model="m", messages=MSG, max_tokens=2)
+        live.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=2)
     assert e.value.status_code == 503 and e.value.code == "model_loading"
     gate.set()
     with live.http() as http:
         _wait(lambda: http.get("/health").status_code == 200, what="the model to load")
-    assert live.client().chat.completions.create(model="m", messages=MSG, max_tokens=2,
+    assert live.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=2,
                                                 temperature=0).usage.completion_tokens == 2
 
 
@@ -90,7 +90,7 @@ def test_client_disconnects_abort_their_requests_only(fresh_server, tmp_path):
     _slow_down(live, 0.03)
     other: list = []
     bystander = threading.Thread(target=lambda: other.append(
-        live.client().chat.completions.create(model="m", messages=MSG, max_tokens=30, temperature=0)))
+        live.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=30, temperature=0)))
     bystander.start()
     # A stream read for a few events, then dropped.
     with httpx.Client(base_url=live.url, timeout=60) as http, \
@@ -132,10 +132,10 @@ def test_engine_error_mid_stream_ends_with_error_event_and_done(fresh_server):
     assert error["type"] == "server_error" and "simulated device failure" in error["message"]
     steps.clear()
     with pytest.raises(openai.InternalServerError) as e:  # the same failure, not streamed: a 500
-        live.client().chat.completions.create(model="m", messages=MSG, max_tokens=50, extra_body=NO_EOS)
+        live.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=50, extra_body=NO_EOS)
     assert e.value.status_code == 500
     runner.run = run  # the engine recovers: later requests are served
-    assert live.client().chat.completions.create(model="m", messages=MSG, max_tokens=3,
+    assert live.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=3,
                                                 temperature=0).usage.completion_tokens == 3
     live.wait_idle()
 
@@ -147,7 +147,7 @@ def test_full_queue_gets_429_and_health_stays_fast(fresh_server):
     threads = [_stream_in_thread(live, {"messages": MSG, "max_tokens": 25}, out) for out in outs]
     _wait(lambda: live.state.in_flight == 2, what="two requests in flight")
     with pytest.raises(openai.RateLimitError) as e:
-        live.client().chat.completions.create(model="m", messages=MSG, max_tokens=2)
+        live.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=2)
     assert e.value.code == "queue_full"
     with live.http() as http:
         start = time.perf_counter()
@@ -179,7 +179,7 @@ def test_shutdown_drains_short_requests_and_aborts_long_ones(fresh_server):
 
 
 def test_metrics_page(server: LiveServer):
-    list(server.client().chat.completions.create(model="m", messages=MSG, max_tokens=3, stream=True))
+    list(server.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=3, stream=True))
     server.wait_idle()
     with server.http() as http:
         text = http.get("/metrics").text
