@@ -125,3 +125,36 @@ def test_fuzzed_headers_fail_cleanly(small_gguf, tmp_path):
             assert "\n" not in str(e)
             outcomes["error"] += 1
     assert outcomes["error"] > len(cases) // 2
+
+
+def _patched(good: bytes, name: str, field: str, value: int) -> bytes:
+    """`good` with tensor `name`'s ggml type or data offset in the directory replaced."""
+    data = bytearray(good)
+    key = name.encode()
+    pos = data.index(struct.pack("<Q", len(key)) + key) + 8 + len(key)
+    n_dims = struct.unpack_from("<I", data, pos)[0]
+    type_pos = pos + 4 + 8 * n_dims
+    if field == "type":
+        struct.pack_into("<I", data, type_pos, value)
+    else:
+        struct.pack_into("<Q", data, type_pos + 4, value)
+    return bytes(data)
+
+
+def test_tensor_layout_is_checked_like_llama_cpp(small_gguf, tmp_path):
+    """Offsets aligned, in order, without overlap or gap; a type must account for its bytes."""
+    good = small_gguf.read_bytes()
+    b = GGUFFile(small_gguf).tensors["b.weight"]
+    data_start = GGUFFile(small_gguf).tensors["a.weight"].offset
+    rel = b.offset - data_start
+    _expect_gguf_error(_patched(good, "b.weight", "offset", rel + 1), tmp_path, "not a multiple of general.alignment 32")
+    _expect_gguf_error(_patched(good, "b.weight", "offset", rel - 32), tmp_path, "overlaps tensor 'a.weight'")
+    _expect_gguf_error(_patched(good, "b.weight", "offset", rel + 32), tmp_path,
+                       "tensor 'a.weight' .* is followed by 32 unexplained bytes before 'b.weight'")
+    _expect_gguf_error(_patched(good, "a.weight", "offset", 32), tmp_path, "expected 0")
+    # a.weight (3 x 64 F32 = 768 bytes) relabelled Q8_0 would take 204 bytes: the rest is unexplained.
+    _expect_gguf_error(_patched(good, "a.weight", "type", int(Q.Q8_0)), tmp_path, "'a.weight' \\(Q8_0, 204 bytes\\)")
+    # The last tensor: what follows it must be padding only.
+    _expect_gguf_error(_patched(good, "c.weight", "type", int(Q.Q4_0)), tmp_path, "at the end of the file")
+    _expect_gguf_error(good + bytes(64), tmp_path, "at the end of the file")
+    GGUFFile(small_gguf)  # the untouched file still parses

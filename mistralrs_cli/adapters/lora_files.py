@@ -14,12 +14,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from safetensors import safe_open
 
 from mistralrs_cli.errors import AdapterError
+from mistralrs_cli.loading.config_schema import MAX_DIM, Strict, validate_dict
 
 # The adaptable linears of a decoder layer, in module-registration order (PEFT's X-LoRA numbering).
 PROJECTIONS: tuple[tuple[str, str], ...] = (
@@ -95,7 +97,7 @@ def read_lora_adapter(
     config_path: Path, weights_path: Path, name: str, shapes: Mapping[str, tuple[int, int]]
 ) -> LoraAdapter:
     """Read and validate one adapter against the base's projection shapes {path: (in, out)}."""
-    where = f"adapter {name!r}"
+    where = f"adapter {name!r} ({config_path.parent})"
     cfg = _read_config(config_path, where)
     tensors = _read_tensors(weights_path, where)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -125,35 +127,47 @@ def _first(paths: set[str]) -> str | None:
     return min(paths, key=module_sort_key) if paths else None
 
 
+class LoraConfigSchema(Strict):
+    """The honoured fields of adapter_config.json, typed (PEFT writes null for unset ones)."""
+
+    peft_type: str | None = None
+    r: Annotated[int, Field(ge=1, le=MAX_DIM)] = 8
+    lora_alpha: float = 8.0
+    use_rslora: bool | None = None
+    target_modules: str | list[str] | None = None
+    exclude_modules: str | list[str] | None = None
+    layers_to_transform: Annotated[int, Field(ge=0)] | list[Annotated[int, Field(ge=0)]] | None = None
+    rank_pattern: dict[str, Annotated[int, Field(ge=1, le=MAX_DIM)]] | None = None
+    alpha_pattern: dict[str, float] | None = None
+    bias: str | None = None
+
+
 def _read_config(path: Path, where: str) -> dict[str, Any]:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise AdapterError(f"{where}: unreadable {path.name} ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise AdapterError(f"{where}: unreadable {path.name} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not isinstance(cfg, dict):
         raise AdapterError(f"{where}: {path.name} is not a JSON object")
     if cfg.get("peft_type", "LORA") != "LORA":
-        raise AdapterError(f"{where}: peft_type {cfg['peft_type']!r} is not supported (only LORA)")
+        raise AdapterError(f"{where}: peft_type {cfg['peft_type']!r:.60} is not supported (only LORA)")
     if cfg.get("bias", "none") != "none":
-        raise AdapterError(f"{where}: bias={cfg['bias']!r} is not supported (only 'none')")
+        raise AdapterError(f"{where}: bias={cfg['bias']!r:.60} is not supported (only 'none')")
     for key, value in cfg.items():
         if key not in _HONOURED and key not in _TRAINING_ONLY and value not in (None, False, {}, [], ""):
-            raise AdapterError(f"{where}: adapter_config.json field {key}={value!r} is not supported")
-    patterns = [cfg.get("target_modules"), cfg.get("exclude_modules")]
-    patterns += [*(cfg.get("rank_pattern") or {}), *(cfg.get("alpha_pattern") or {})]
-    for pattern in patterns:
-        if isinstance(pattern, str):
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise AdapterError(f"{where}: invalid pattern {pattern!r} in adapter_config.json ({e})") from None
-    try:
-        r, alpha = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
-    except (TypeError, ValueError):
-        raise AdapterError(f"{where}: r and lora_alpha must be numbers") from None
-    if r <= 0:
-        raise AdapterError(f"{where}: r must be positive, got {r}")
-    cfg["r"], cfg["lora_alpha"] = r, alpha
+            raise AdapterError(f"{where}: adapter_config.json field {key}={value!r:.60} is not supported")
+    typed = validate_dict(LoraConfigSchema, cfg, f"{where}: {path.name}", AdapterError, path.name)
+    # Each pattern compiled as it is used below: whole-path regexes and rank/alpha suffix keys.
+    keys = [*(typed.rank_pattern or {}), *(typed.alpha_pattern or {})]
+    patterns = [(p, p) for p in (typed.target_modules, typed.exclude_modules) if isinstance(p, str)]
+    for pattern, used in patterns + [(k, _suffix_regex(k)) for k in keys]:
+        try:
+            re.compile(used)
+        except (re.error, RecursionError, OverflowError) as e:
+            raise AdapterError(f"{where}: invalid pattern {pattern!r:.60} in adapter_config.json ({e})") from None
+    # Normalised values (defaults filled in, nulls as PEFT reads them) for the matching code below.
+    cfg.update(typed.model_dump(include={"r", "lora_alpha", "target_modules", "exclude_modules",
+                                         "layers_to_transform", "rank_pattern", "alpha_pattern", "use_rslora"}))
     return cfg
 
 
@@ -202,9 +216,14 @@ def _is_targeted(cfg: Mapping[str, Any], path: str) -> bool:
 def _pattern_value(cfg: Mapping[str, Any], pattern_field: str, default_field: str, path: str) -> Any:
     """rank_pattern / alpha_pattern lookup as PEFT does it (first key matching a suffix of the path)."""
     for key, value in (cfg.get(pattern_field) or {}).items():
-        if re.match(rf"(.*\.)?({key})$", path):
+        if re.match(_suffix_regex(key), path):
             return value
     return cfg[default_field]
+
+
+def _suffix_regex(key: str) -> str:
+    """PEFT's rank_pattern / alpha_pattern key as a regex over the module path."""
+    return rf"(.*\.)?({key})$"
 
 
 def _scale(cfg: Mapping[str, Any], path: str) -> float:

@@ -59,8 +59,8 @@ def read_xlora_config(path: Path) -> XLoraSettings:
     """Parse and validate xlora_config.json."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise AdapterError(f"{path}: unreadable xlora_config.json ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
+        raise AdapterError(f"{path}: unreadable xlora_config.json ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not isinstance(raw, dict):
         raise AdapterError(f"{path}: xlora_config.json is not a JSON object")
     return parse_xlora_config(raw, str(path))
@@ -91,7 +91,7 @@ def parse_xlora_config(raw: dict[str, Any], where: str = "xlora_config.json") ->
     s = XLoraSettings(
         hidden_size=_int(raw, "hidden_size", where, minimum=1),
         adapters=names,
-        base_model_id=raw.get("base_model_id") or raw.get("base_model_name_or_path"),
+        base_model_id=_str(raw, "base_model_id", where) or _str(raw, "base_model_name_or_path", where),
         enable_softmax=_bool(raw, "enable_softmax", True, where),
         enable_softmax_topk=_bool(raw, "enable_softmax_topk", False, where),
         layerwise_scalings=_bool(raw, "layerwise_scalings", False, where),
@@ -112,6 +112,13 @@ def parse_xlora_config(raw: dict[str, Any], where: str = "xlora_config.json") ->
     if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p < 1.0:
         raise AdapterError(f"{where}: xlora_dropout_p must be a number in [0, 1), got {p!r}")
     return s
+
+
+def _str(raw: dict[str, Any], key: str, where: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise AdapterError(f"{where}: {key} must be a string, got {value!r:.60}")
+    return value
 
 
 def _bool(raw: dict[str, Any], key: str, default: bool, where: str) -> bool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
+import numpy as np
 import torch
 
 from mistralrs_cli.errors import ConfigError, GGUFError
+from mistralrs_cli.loading.config_schema import MAX_DIM, MAX_LAYERS, MAX_POSITIONS
 from mistralrs_cli.loading.gguf_file import GGUFFile
 from mistralrs_cli.models.config import ModelConfig
 
@@ -32,12 +35,14 @@ _LAYER_NAMES = {
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 
-def _int(g: GGUFFile, key: str, default: int | None = None) -> int:
+def _int(g: GGUFFile, key: str, default: int | None = None, minimum: int = 1, maximum: int = MAX_DIM) -> int:
     value = g.get(key, default)
     if value is None:
         raise GGUFError(f"{g.path}: missing metadata {key!r}")
     if isinstance(value, bool) or not isinstance(value, int):
         raise GGUFError(f"{g.path}: metadata {key!r} should be an integer, got {value!r:.60}")
+    if not minimum <= value <= maximum:
+        raise GGUFError(f"{g.path}: metadata {key!r} must be between {minimum} and {maximum}, got {value}")
     return int(value)
 
 
@@ -45,6 +50,9 @@ def _float(g: GGUFFile, key: str, default: float) -> float:
     value = g.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise GGUFError(f"{g.path}: metadata {key!r} should be a number, got {value!r:.60}")
+    # NaN, infinite or non-positive values here only ever produce NaN logits.
+    if not math.isfinite(value) or value <= 0:
+        raise GGUFError(f"{g.path}: metadata {key!r} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
@@ -59,47 +67,60 @@ def architecture(g: GGUFFile) -> str:
 
 
 def config_from_gguf(g: GGUFFile) -> ModelConfig:
-    """The same ModelConfig the HF path builds, from llama.*/mistral.* metadata and the tensor list."""
+    """The same ModelConfig the HF path builds, from llama.*/mistral.* metadata and the tensor list.
+
+    Every value is type- and range-checked: a bad one is a GGUFError naming the metadata key.
+    """
     a = architecture(g)
     hidden = _int(g, f"{a}.embedding_length")
     n_heads = _int(g, f"{a}.attention.head_count")
-    if n_heads <= 0 or hidden <= 0:
-        raise GGUFError(f"{g.path}: invalid head count {n_heads} or embedding length {hidden}")
+    if g.get(f"{a}.attention.key_length") is None and hidden < n_heads:
+        raise GGUFError(f"{g.path}: {a}.embedding_length {hidden} is smaller than {a}.attention.head_count {n_heads}")
     head_dim = _int(g, f"{a}.attention.key_length", hidden // n_heads)
-    rope_dims = _int(g, f"{a}.rope.dimension_count", head_dim)
+    rope_dims = _int(g, f"{a}.rope.dimension_count", head_dim, minimum=2, maximum=head_dim)
+    n_kv = _int(g, f"{a}.attention.head_count_kv", n_heads)
+    if n_heads % n_kv:
+        raise GGUFError(f"{g.path}: {a}.attention.head_count {n_heads} is not a multiple of head_count_kv {n_kv}")
     window = g.get(f"{a}.attention.sliding_window")
-    embd = g.tensors.get("token_embd.weight")
-    vocab = g.get(f"{a}.vocab_size")
-    if vocab is None:
-        tokens = g.get("tokenizer.ggml.tokens")
-        vocab = len(tokens) if tokens is not None else (embd.shape[0] if embd is not None else None)
+    window = window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
     try:
         cfg = ModelConfig(
-            vocab_size=_int(g, f"{a}.vocab_size", vocab),
+            vocab_size=_int(g, f"{a}.vocab_size", _vocab_guess(g)),
             hidden_size=hidden,
             intermediate_size=_int(g, f"{a}.feed_forward_length"),
-            num_hidden_layers=_int(g, f"{a}.block_count"),
+            num_hidden_layers=_int(g, f"{a}.block_count", maximum=MAX_LAYERS),
             num_attention_heads=n_heads,
-            num_key_value_heads=_int(g, f"{a}.attention.head_count_kv", n_heads),
+            num_key_value_heads=n_kv,
             head_dim=head_dim,
-            max_position_embeddings=_int(g, f"{a}.context_length", 4096),
+            max_position_embeddings=_int(g, f"{a}.context_length", 4096, maximum=MAX_POSITIONS),
             rms_norm_eps=_float(g, f"{a}.attention.layer_norm_rms_epsilon", 1e-5),
             rope_theta=_float(g, f"{a}.rope.freq_base", 10000.0),
             rope_scaling=_rope_scaling(g, a),
             partial_rotary_factor=rope_dims / head_dim,
-            sliding_window=int(window) if isinstance(window, int) and window > 0 else None,
+            sliding_window=window,
             tie_word_embeddings="output.weight" not in g.tensors,
             attention_bias="blk.0.attn_q.bias" in g.tensors,
             model_type="mistral" if window else "llama",
-            bos_token_id=g.get("tokenizer.ggml.bos_token_id"),
+            bos_token_id=_token_id(g.get("tokenizer.ggml.bos_token_id")),
             eos_token_ids=_eos_ids(g),
         )
         cfg.validate(str(g.path))
     except ConfigError as e:
         raise GGUFError(e.message) from None
-    if cfg.num_key_value_heads <= 0 or cfg.num_attention_heads % cfg.num_key_value_heads:
-        raise GGUFError(f"{g.path}: head count {n_heads} is not a multiple of head_count_kv")
     return cfg
+
+
+def _vocab_guess(g: GGUFFile) -> int | None:
+    """The vocabulary size when `{arch}.vocab_size` is absent: the token list, else the embedding rows."""
+    tokens = g.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, (list, np.ndarray)):
+        return len(tokens)
+    embd = g.tensors.get("token_embd.weight")
+    return embd.shape[0] if embd is not None else None
+
+
+def _token_id(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _rope_scaling(g: GGUFFile, a: str) -> dict[str, Any] | None:
@@ -108,12 +129,12 @@ def _rope_scaling(g: GGUFFile, a: str) -> dict[str, Any] | None:
         return None
     if kind == "linear":
         return {"rope_type": "linear", "factor": _float(g, f"{a}.rope.scaling.factor", 1.0)}
-    raise GGUFError(f"{g.path}: unsupported rope scaling {kind!r} (none, linear)")
+    raise GGUFError(f"{g.path}: unsupported rope scaling {kind!r:.60} (none, linear)")
 
 
 def _eos_ids(g: GGUFFile) -> tuple[int, ...]:
     ids = [g.get(k) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")]
-    return tuple(dict.fromkeys(int(i) for i in ids if isinstance(i, int)))
+    return tuple(dict.fromkeys(i for i in map(_token_id, ids) if i is not None))
 
 
 def hf_name(gguf_name: str) -> str | None:

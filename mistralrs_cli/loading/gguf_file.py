@@ -191,16 +191,48 @@ class GGUFFile:
         if not isinstance(align, int) or align <= 0 or align & (align - 1):
             raise cur.fail(f"invalid general.alignment {align!r} (must be a power of two)")
         data_start = -(-cur.pos // align) * align
-        for name, shape, gtype, rel, nbytes in infos:
-            start = data_start + rel
+        expected = 0
+        for i, (name, shape, gtype, rel, nbytes) in enumerate(infos):
             if name in self.tensors:
                 raise cur.fail(f"duplicate tensor {name!r}")
+            self._check_layout(cur, infos, i, expected, align)
+            start = data_start + rel
             if start + nbytes > self.size:
                 raise cur.fail(
                     f"truncated file: tensor {name!r} needs bytes {start}..{start + nbytes}, "
                     f"the file has {self.size}"
                 )
             self.tensors[name] = TensorInfo(name, shape, gtype, start, nbytes)
+            expected = rel + -(-nbytes // align) * align
+        # The last tensor's type and shape must account for the end of the file as well
+        # (writers pad it to the alignment, or not at all).
+        if infos and self.size - (data_start + expected) >= align:
+            name, _, gtype, _, nbytes = infos[-1]
+            raise cur.fail(
+                f"tensor {name!r} ({GGMLQuantizationType(gtype).name}, {nbytes} bytes) is followed by "
+                f"{self.size - data_start - expected} unexplained bytes at the end of the file: "
+                "its type or shape does not match its data"
+            )
+
+    @staticmethod
+    def _check_layout(cur: _Cursor, infos: list, i: int, expected: int, align: int) -> None:
+        """llama.cpp's rule: tensors lie in directory order, each at the previous one's end padded to
+        `general.alignment`. A wrong offset or a type that does not match the bytes breaks it."""
+        name, _, gtype, rel, _ = infos[i]
+        if rel % align:
+            raise cur.fail(f"tensor {name!r}: data offset {rel} is not a multiple of general.alignment {align}")
+        if rel == expected:
+            return
+        if i == 0:
+            raise cur.fail(f"tensor {name!r}: data offset {rel}, expected 0 (the first tensor starts the data)")
+        prev, _, ptype, _, pbytes = infos[i - 1]
+        described = f"tensor {prev!r} ({GGMLQuantizationType(ptype).name}, {pbytes} bytes)"
+        if rel < expected:
+            raise cur.fail(f"tensor {name!r}: data offset {rel} overlaps {described}, which ends at {expected}")
+        raise cur.fail(
+            f"{described} is followed by {rel - expected} unexplained bytes before {name!r}: "
+            f"its type or shape does not match its data (or {name!r} has a wrong offset)"
+        )
 
     def _tensor_info(self, cur: _Cursor) -> tuple[str, tuple[int, ...], int, int, int]:
         name = cur.string("tensor name")

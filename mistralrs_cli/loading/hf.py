@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -24,11 +25,31 @@ def read_config(source: ModelSource) -> ModelConfig:
     if not source.has("config.json"):
         raise ConfigError(f"{source.model_id}: missing config.json")
     path = source.get("config.json")
+    return ModelConfig.from_hf_dict(read_json(path, "config.json"), str(path))
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file's value; unreadable, non-UTF-8, invalid or absurdly nested JSON is a ConfigError."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: unreadable config.json ({e})") from None
-    return ModelConfig.from_hf_dict(raw, str(path))
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: unreadable {what} ({e.strerror or e})") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ConfigError(f"{path}: unreadable {what} ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: unreadable {what} (nested too deeply)") from None
+
+
+def generation_eos_ids(path: Path) -> tuple[int, ...]:
+    """`eos_token_id` (one id or a list) of generation_config.json, checked like config.json's."""
+    raw = read_json(path, "generation_config.json")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: generation_config.json must be a JSON object")
+    eos = raw.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ConfigError(f"{path}: invalid eos_token_id: must be a token id or a list of ids (got {eos!r:.60})")
+    return tuple(ids)
 
 
 def weight_paths(source: ModelSource, weight_files: tuple[str, ...]) -> list[Path]:
@@ -94,7 +115,5 @@ def load_hf(spec: ModelSpec) -> LoadedModel:
     tokenizer = load_hf_tokenizer(source, spec.tokenizer_json, spec.chat_template)
     tokenizer.add_eos_ids(cfg.eos_token_ids)
     if source.has("generation_config.json"):
-        gen = json.loads(source.get("generation_config.json").read_text())
-        eos = gen.get("eos_token_id")
-        tokenizer.add_eos_ids(tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ()))
+        tokenizer.add_eos_ids(generation_eos_ids(source.get("generation_config.json")))
     return LoadedModel(model, cfg, tokenizer, spec.display_name, device, dtype, {"format": "safetensors"})

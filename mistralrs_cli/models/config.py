@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,50 +43,59 @@ class ModelConfig:
         return int(self.head_dim * self.partial_rotary_factor)
 
     @classmethod
-    def from_hf_dict(cls, raw: dict[str, Any], source: str = "config.json") -> ModelConfig:
-        """Build from a transformers config.json dict, rejecting unsupported architectures."""
-        archs = raw.get("architectures") or []
-        model_type = raw.get("model_type", "")
-        if model_type not in SUPPORTED_MODEL_TYPES and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-            got = ", ".join(archs) or model_type or "unknown"
+    def from_hf_dict(cls, raw: Any, source: str = "config.json") -> ModelConfig:
+        """Build from a transformers config.json dict (checked against its schema), rejecting
+        unsupported architectures; every bad value is a one-line ConfigError naming the field."""
+        from mistralrs_cli.loading.config_schema import HFConfig, validate_dict
+
+        if isinstance(raw, dict):
+            _check_architecture(raw, source)
+        c: HFConfig = validate_dict(HFConfig, raw, source, ConfigError, "config.json")
+        n_heads = c.num_attention_heads
+        head_dim = c.head_dim or c.hidden_size // n_heads
+        if head_dim < 1:
             raise ConfigError(
-                f"{source}: unsupported architecture {got}; supported: "
-                + ", ".join(SUPPORTED_ARCHITECTURES)
+                f"{source}: hidden_size {c.hidden_size} is smaller than num_attention_heads {n_heads} "
+                "(set head_dim)"
             )
-        try:
-            hidden = int(raw["hidden_size"])
-            n_heads = int(raw["num_attention_heads"])
-            cfg = cls(
-                vocab_size=int(raw["vocab_size"]),
-                hidden_size=hidden,
-                intermediate_size=int(raw["intermediate_size"]),
-                num_hidden_layers=int(raw["num_hidden_layers"]),
-                num_attention_heads=n_heads,
-                num_key_value_heads=int(raw.get("num_key_value_heads") or n_heads),
-                head_dim=int(raw.get("head_dim") or hidden // n_heads),
-                max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
-                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
-                rope_theta=float(_rope_theta(raw)),
-                rope_scaling=_rope_scaling(raw),
-                partial_rotary_factor=float(raw.get("partial_rotary_factor", 1.0)),
-                sliding_window=_sliding_window(raw, model_type),
-                tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-                attention_bias=bool(raw.get("attention_bias", False)),
-                mlp_bias=bool(raw.get("mlp_bias", False)),
-                hidden_act=str(raw.get("hidden_act", "silu")),
-                model_type=model_type or "mistral",
-                bos_token_id=raw.get("bos_token_id"),
-                eos_token_ids=_as_tuple(raw.get("eos_token_id")),
-            )
-        except KeyError as e:
-            raise ConfigError(f"{source}: missing required field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{source}: invalid value ({e})") from None
+        params = c.rope_parameters
+        theta = params.rope_theta if params and params.rope_theta is not None else c.rope_theta
+        cfg = cls(
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            intermediate_size=c.intermediate_size,
+            num_hidden_layers=c.num_hidden_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=c.num_key_value_heads or n_heads,
+            head_dim=head_dim,
+            max_position_embeddings=c.max_position_embeddings,
+            rms_norm_eps=c.rms_norm_eps,
+            rope_theta=theta if theta is not None else 10000.0,
+            rope_scaling=_rope_scaling(c.rope_scaling if _given(c.rope_scaling) else params),
+            partial_rotary_factor=c.partial_rotary_factor,
+            sliding_window=_sliding_window(c),
+            tie_word_embeddings=bool(c.tie_word_embeddings),
+            attention_bias=bool(c.attention_bias),
+            mlp_bias=bool(c.mlp_bias),
+            hidden_act=c.hidden_act,
+            model_type=c.model_type or "mistral",
+            bos_token_id=c.bos_token_id,
+            eos_token_ids=_as_tuple(c.eos_token_id),
+        )
         cfg.validate(source)
         return cfg
 
     def validate(self, source: str = "config") -> None:
-        """Reject configs the model cannot run, with a message naming the field."""
+        """Reject configs the model cannot run, or can only run into NaN, with a message naming the field."""
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")
+        for name in sizes:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{source}: {name} must be a positive integer, got {value!r}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            if not _positive(getattr(self, name)):
+                raise ConfigError(f"{source}: {name} must be a finite number > 0, got {getattr(self, name)!r}")
         if self.hidden_act not in ("silu", "swish"):
             raise ConfigError(f"{source}: unsupported hidden_act {self.hidden_act!r} (only silu)")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -93,44 +103,75 @@ class ModelConfig:
                 f"{source}: num_attention_heads ({self.num_attention_heads}) is not a multiple "
                 f"of num_key_value_heads ({self.num_key_value_heads})"
             )
-        if self.rotary_dim % 2:
-            raise ConfigError(f"{source}: rotary dimension {self.rotary_dim} must be even")
-        kind = (self.rope_scaling or {}).get("rope_type", "default")
-        if kind not in ("default", "linear", "llama3"):
-            raise ConfigError(f"{source}: unsupported rope_scaling type {kind!r} (default, linear, llama3)")
+        if not 0 < self.partial_rotary_factor <= 1:
+            raise ConfigError(f"{source}: partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor}")
+        if self.rotary_dim < 2 or self.rotary_dim % 2:
+            raise ConfigError(f"{source}: rotary dimension {self.rotary_dim} must be even and at least 2")
+        _check_rope_scaling(self.rope_scaling, source)
 
 
-def _as_tuple(value: Any) -> tuple[int, ...]:
+def _given(scaling: Any) -> bool:
+    """Whether a rope_scaling entry says anything (`{}` defers to rope_parameters, as before)."""
+    return scaling is not None and bool(scaling.model_dump(exclude_none=True))
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _check_architecture(raw: dict[str, Any], source: str) -> None:
+    archs = raw.get("architectures") or []
+    archs = [a for a in archs if isinstance(a, str)] if isinstance(archs, list) else []
+    model_type = raw.get("model_type") or ""
+    model_type = model_type if isinstance(model_type, str) else ""
+    if model_type not in SUPPORTED_MODEL_TYPES and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+        got = ", ".join(archs) or model_type or "unknown"
+        raise ConfigError(
+            f"{source}: unsupported architecture {got}; supported: " + ", ".join(SUPPORTED_ARCHITECTURES)
+        )
+
+
+def _check_rope_scaling(scaling: dict[str, Any] | None, source: str) -> None:
+    """The keys each rope type needs, present and sane: a missing factor would only fail per request."""
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind not in ("default", "linear", "llama3"):
+        raise ConfigError(f"{source}: unsupported rope_scaling type {kind!r} (default, linear, llama3)")
+    if scaling is None or kind == "default":
+        return
+    needed = ["factor"]
+    if kind == "llama3":
+        needed += ["low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]
+    for key in needed:
+        if key not in scaling or scaling[key] is None:
+            raise ConfigError(f"{source}: rope_scaling type {kind!r} needs rope_scaling.{key}")
+        if not _positive(scaling[key]):
+            raise ConfigError(f"{source}: rope_scaling.{key} must be a finite number > 0, got {scaling[key]!r}")
+    if kind == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        raise ConfigError(
+            f"{source}: rope_scaling.high_freq_factor ({scaling['high_freq_factor']}) must be greater "
+            f"than low_freq_factor ({scaling['low_freq_factor']})"
+        )
+
+
+def _as_tuple(value: int | list[int] | None) -> tuple[int, ...]:
     if value is None:
         return ()
-    if isinstance(value, (list, tuple)):
-        return tuple(int(v) for v in value)
-    return (int(value),)
+    if isinstance(value, list):
+        return tuple(value)
+    return (value,)
 
 
-def _rope_params(raw: dict[str, Any]) -> dict[str, Any]:
-    # transformers 5 moved rope settings into `rope_parameters`; older files use rope_theta/rope_scaling.
-    params = raw.get("rope_parameters")
-    return params if isinstance(params, dict) else {}
-
-
-def _rope_theta(raw: dict[str, Any]) -> float:
-    return _rope_params(raw).get("rope_theta", raw.get("rope_theta", 10000.0))
-
-
-def _rope_scaling(raw: dict[str, Any]) -> dict[str, Any] | None:
-    scaling = raw.get("rope_scaling") or _rope_params(raw) or None
-    if not scaling:
+def _rope_scaling(scaling: Any) -> dict[str, Any] | None:
+    if scaling is None:
         return None
-    scaling = dict(scaling)
-    scaling["rope_type"] = scaling.get("rope_type", scaling.get("type", "default"))
-    return None if scaling["rope_type"] == "default" else scaling
+    out = scaling.model_dump(exclude_none=True)
+    out.pop("rope_theta", None)
+    out.pop("type", None)
+    out["rope_type"] = scaling.rope_type or scaling.type or "default"
+    return None if out["rope_type"] == "default" else out
 
 
-def _sliding_window(raw: dict[str, Any], model_type: str) -> int | None:
-    if model_type == "llama":
+def _sliding_window(c: Any) -> int | None:
+    if c.model_type == "llama" or c.use_sliding_window is False:
         return None
-    if raw.get("use_sliding_window") is False:
-        return None
-    window = raw.get("sliding_window")
-    return int(window) if window else None
+    return c.sliding_window or None

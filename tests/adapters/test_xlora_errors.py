@@ -97,6 +97,20 @@ CASES = {
     "bad target regex": (lambda x, o: edit_json(x / "expert_0" / "adapter_config.json", target_modules="(q_proj"),
                          ["invalid pattern '(q_proj'"]),
     "hidden size": (lambda x, o: edit_json(x / "xlora_config.json", hidden_size=32), ["hidden_size 32"]),
+    # Values that used to raise TypeError deep in the matching code.
+    "rank_pattern -1": (lambda x, o: edit_json(x / "expert_0" / "adapter_config.json", rank_pattern={"q_proj": -1}),
+                        ["expert_0", "adapter_config.json", "invalid rank_pattern.q_proj"]),
+    "layers_to_transform NaN": (
+        lambda x, o: edit_json(x / "expert_1" / "adapter_config.json", layers_to_transform=float("nan")),
+        ["expert_1", "invalid layers_to_transform"]),
+    "target_modules 1": (lambda x, o: edit_json(x / "expert_0" / "adapter_config.json", target_modules=1),
+                         ["expert_0", "invalid target_modules"]),
+    "base_model_id not a string": (lambda x, o: edit_json(x / "xlora_config.json", base_model_id=5),
+                                   ["xlora_config.json", "base_model_id must be a string"]),
+    "xlora_config not UTF-8": (lambda x, o: (x / "xlora_config.json").write_bytes(b"\xff{"),
+                               ["unreadable xlora_config.json"]),
+    # Loads, but every logit is NaN: refused by the load's smoke forward.
+    "NaN model": (lambda x, o: edit_json(x / "xlora_config.json", scaling_pass_value=1e30), ["NaN logits"]),
     "bad ordering JSON": (lambda x, o: o.write_text("{"), ["ordering file", "unreadable"]),
 }
 
