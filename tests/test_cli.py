@@ -6,25 +6,11 @@ import json
 import shutil
 
 import pytest
-from typer.testing import CliRunner
 
 from mistralrs_cli.cli import app
+from tests.cli_helpers import assert_one_line_error, run_cli
 
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
-
-
-def _run(args: list[str], stdin: str = "Hello") -> tuple[int, str]:
-    res = runner.invoke(app, args, input=stdin)
-    return res.exit_code, res.output
-
-
-def _assert_one_line_error(code: int, out: str, *needles: str) -> None:
-    assert code == 2, out
-    assert "Traceback" not in out
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert len(lines) == 1, out
-    for needle in needles:
-        assert needle in out, out
+_run, _assert_one_line_error = run_cli, assert_one_line_error
 
 
 @pytest.mark.parametrize(

@@ -7,24 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
-from mistralrs_cli.cli import app
+from tests.cli_helpers import assert_one_line_error, run_cli
 
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
-
-
-def _run(args: list[str], stdin: str = "Hello") -> tuple[int, str]:
-    res = runner.invoke(app, args, input=stdin)
-    return res.exit_code, res.output
-
-
-def _one_line_error(code: int, out: str, *needles: str) -> None:
-    assert code == 2, out
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in out, out
-    for needle in needles:
-        assert needle in out, out
+_run, _one_line_error = run_cli, assert_one_line_error
 
 
 def _chat(stdin: str) -> subprocess.CompletedProcess:

@@ -9,17 +9,9 @@ from typer.testing import CliRunner
 from mistralrs_cli.cli import app
 from mistralrs_cli.frontends.batch_io import error_record, success_record
 from mistralrs_cli.frontends.batch_store import ErrorLog, errors_path, load_answered
+from tests.frontends.test_batch import _lines, _write
 
 runner = CliRunner(env={"COLUMNS": "200"})
-
-
-def _lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _write(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
 
 
 def _batch(src, out, model_dir):
