@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from mistralrs_cli.errors import AdapterError, ConfigError, MistralrsError
+from mistralrs_cli.command_errors import exit_on_user_error
+from mistralrs_cli.errors import AdapterError, ConfigError
 
 # NOTE: the adapter modules (torch, safetensors) are imported inside the functions, so that
 # registering this command keeps `mistralrs --help` fast.
@@ -46,7 +47,7 @@ def x_lora_ordering(
     """Write an ordering file for X-LoRA: fill in `order`, keep the generated `layers`."""
     from mistralrs_cli.adapters.ordering import dump_ordering
 
-    try:
+    with exit_on_user_error(output):
         targets = tuple(t.strip() for t in target_modules.split(",") if t.strip()) if target_modules else None
         data = ordering_for(model_id, config, num_layers, tuple(adapter or ()), xlora_model_id, targets,
                             base_model_id, token_source)
@@ -56,12 +57,6 @@ def x_lora_ordering(
         else:
             output.write_text(text, encoding="utf-8")
             typer.echo(f"wrote {output} ({len(data['layers'])} layers)", err=True)
-    except MistralrsError as e:
-        typer.echo(f"error: {e.message}", err=True)
-        raise typer.Exit(e.exit_code) from None
-    except OSError as e:
-        typer.echo(f"error: cannot write {output}: {e.strerror}", err=True)
-        raise typer.Exit(2) from None
 
 
 def ordering_for(

@@ -15,7 +15,8 @@ from typing import Annotated
 
 import typer
 
-from mistralrs_cli.errors import ConfigError, MistralrsError, ModelSourceError
+from mistralrs_cli.command_errors import exit_on_user_error
+from mistralrs_cli.errors import ConfigError, ModelSourceError
 
 # NOTE: torch and the adapter modules are imported inside the function, so that registering
 # this command keeps `mistralrs --help` fast.
@@ -36,14 +37,8 @@ def x_lora_demo(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights.")] = 0,
 ) -> None:
     """Write a random X-LoRA model for a GGUF base into FOLDER and print the command to chat with it."""
-    try:
+    with exit_on_user_error(folder):
         base, linked, n_layers = build_demo(Path(folder), gguf, adapters, rank, seed)
-    except MistralrsError as e:
-        typer.echo(f"error: {e.message}", err=True)
-        raise typer.Exit(e.exit_code) from None
-    except OSError as e:
-        typer.echo(f"error: cannot write {folder}: {e.strerror or e}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"wrote {folder}: {adapters} random LoRA experts (rank {rank}, all seven projections of "
                f"{n_layers} layers), a depth-2 classifier, ordering.json")
     typer.echo(f"base model: {base}" + (f" (linked as {os.path.join(folder, BASE_LINK)})" if linked else ""))
