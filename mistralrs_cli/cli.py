@@ -160,7 +160,19 @@ def serve(
     port: o.Port = None,
     serve_ip: o.ServeIp = "127.0.0.1",
     api_key: Annotated[
-        str | None, typer.Option("--api-key", envvar="MISTRALRS_API_KEY", help="Require this Bearer token on /v1 routes.")
+        str | None, typer.Option("--api-key", envvar="MISTRALRS_API_KEY", help="Require this Bearer token on /v1 "
+                                 "routes. Prefer the MISTRALRS_API_KEY variable or --api-key-file: a key on the "
+                                 "command line shows in `ps`.")
+    ] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option("--api-key-file", metavar="<file>", help="Read the API key from this file "
+                                  "(one line; overrides MISTRALRS_API_KEY).")
+    ] = None,
+    allowed_hosts: Annotated[
+        list[str] | None,
+        typer.Option("--allowed-hosts", metavar="<names>", help="Host names accepted besides localhost, "
+                     "127.0.0.1 and [::1] (repeatable or comma-separated; * for any). Requests naming others "
+                     "get 400, which stops DNS-rebinding web pages."),
     ] = None,
     served_model_name: Annotated[
         list[str] | None,
@@ -170,8 +182,11 @@ def serve(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No access-log line per request on stderr.")] = False,
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions and /v1/models."""
-    _set_mode(ctx, "serve", port=port, serve_ip=serve_ip, api_key=api_key, served_model_name=served_model_name,
-              quiet=quiet)
+    # By name: typer's and click's ParameterSource enums are distinct classes.
+    if api_key_file is not None and getattr(ctx.get_parameter_source("api_key"), "name", "") == "ENVIRONMENT":
+        api_key = None  # the file, given on the command line, overrides the environment
+    _set_mode(ctx, "serve", port=port, serve_ip=serve_ip, api_key=api_key, api_key_file=api_key_file,
+              served_model_name=served_model_name, quiet=quiet, allowed_hosts=allowed_hosts)
 
 
 @bench_app.callback(invoke_without_command=True)

@@ -23,7 +23,11 @@ class RequestLog:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (text that cannot be encoded is escaped, never dropped)."""
-        line = json.dumps(record, ensure_ascii=True, default=str)
+        try:
+            # ensure_ascii: a lone surrogate ("\ud800") is written escaped, never a UnicodeEncodeError.
+            line = json.dumps(record, ensure_ascii=True, default=str)
+        except (ValueError, RecursionError):  # a circular or too deeply nested value: keep the rest
+            line = json.dumps({k: _flat(v) for k, v in record.items()}, ensure_ascii=True, default=str)
         with self._lock:
             self._file.write(line + "\n")
             self._file.flush()
@@ -32,6 +36,15 @@ class RequestLog:
         """Close the file."""
         with self._lock:
             self._file.close()
+
+
+def _flat(value: Any) -> Any:
+    """`value` if it serializes, else a marker saying it could not (the record itself is never lost)."""
+    try:
+        json.dumps(value, ensure_ascii=True, default=str)
+    except (ValueError, RecursionError):
+        return {"unloggable": type(value).__name__}
+    return value
 
 
 def now_iso() -> str:

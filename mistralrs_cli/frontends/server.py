@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -32,7 +32,7 @@ from mistralrs_cli.errors import ConfigError
 from mistralrs_cli.frontends.engine_setup import engine_config
 from mistralrs_cli.frontends.request_log import RequestLog
 from mistralrs_cli.frontends.server_errors import install_handlers
-from mistralrs_cli.frontends.server_http import HttpMiddleware
+from mistralrs_cli.frontends.server_http import HttpMiddleware, host_name, is_loopback
 from mistralrs_cli.frontends.server_routes import check_api_key, public, v1
 from mistralrs_cli.frontends.server_state import ServerConfig, ServerState
 from mistralrs_cli.runner import ModeOptions, stderr
@@ -41,7 +41,6 @@ from mistralrs_cli.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 1234
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -145,11 +144,41 @@ def server_config(opts: ModeOptions) -> ServerConfig:
     return ServerConfig(
         host=host,
         port=DEFAULT_PORT if port is None else port,
-        api_key=mo.get("api_key") or os.environ.get("MISTRALRS_API_KEY") or None,
+        api_key=_api_key(mo.get("api_key"), mo.get("api_key_file")),
         log_file=opts.log,
         served_names=tuple(dict.fromkeys(names)),  # repeated names listed once
         access_log=not mo.get("quiet", False),
+        allowed_hosts=allowed_hosts(mo.get("allowed_hosts") or ()),
     )
+
+
+def allowed_hosts(values: Sequence[str]) -> tuple[str, ...]:
+    """--allowed-hosts values (each may be a comma list) as host names without ports; ConfigError if malformed."""
+    names: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            name = host_name(item)
+            if not name or any(c.isspace() or c in "/?#@" for c in name):
+                raise ConfigError(f"--allowed-hosts {item.strip()!r}: expected a host name such as example.com, "
+                                  "an address, or *")
+            names.append(name)
+    return tuple(dict.fromkeys(names))
+
+
+def _api_key(given: str | None, key_file: Path | None) -> str | None:
+    """The key from --api-key / MISTRALRS_API_KEY or from --api-key-file (never both)."""
+    if key_file is None:
+        return given or os.environ.get("MISTRALRS_API_KEY") or None
+    if given:
+        raise ConfigError("--api-key and --api-key-file: give only one")
+    try:
+        key = Path(key_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(f"--api-key-file {key_file}: cannot read it ({reason})") from None
+    if not key or any(c.isspace() for c in key):
+        raise ConfigError(f"--api-key-file {key_file}: expected one line holding the key")
+    return key
 
 
 def command_line_names(spec: ModelSpec) -> tuple[str, ...]:
@@ -193,7 +222,7 @@ def run_serve(spec: ModelSpec, opts: ModeOptions, config: ServerConfig | None = 
     # soft_wrap: a long model path must not break the line (scripts read the URL from it).
     stderr.print(f"[bold]mistralrs[/] listening on {url}/v1 (loading {escape(spec.display_name)}...)",
                  highlight=False, soft_wrap=True)
-    if host not in LOOPBACK and not config.api_key:
+    if not is_loopback(host) and not config.api_key:
         stderr.print("[yellow]warning:[/] listening beyond loopback without --api-key", highlight=False,
                      soft_wrap=True)
     try:

@@ -92,6 +92,9 @@ def install_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # FastAPI's "There was an error parsing the body", raised for JSON nested past Python's limit.
+            message = "the request body is nested too deeply to parse (send a flatter JSON object)"
         else:
             message = str(exc.detail)
         type_ = SERVER if exc.status_code >= 500 else INVALID

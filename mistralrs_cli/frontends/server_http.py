@@ -1,4 +1,4 @@
-"""The outermost ASGI layer: request body size limit, per-request metrics, the --log JSON lines, access log.
+"""The outermost ASGI layer: Host check, request body size limit, per-request metrics, the --log JSON lines, access log.
 
 A pure ASGI middleware (not Starlette's BaseHTTPMiddleware) so streamed responses pass
 through untouched and a client disconnect still reaches the route.
@@ -6,7 +6,9 @@ through untouched and a client disconnect still reaches the route.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import sys
 import time
 from datetime import datetime, timezone
@@ -17,6 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mistralrs_cli.frontends.request_log import RequestLog
 from mistralrs_cli.frontends.server_errors import ApiError
 from mistralrs_cli.frontends.server_state import ServerState
+
+log = logging.getLogger(__name__)
 
 ENDPOINTS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions", "/health", "/metrics",
                        "/openapi.json", "/docs"})
@@ -29,6 +33,41 @@ def endpoint_of(path: str) -> str:
     if path in ENDPOINTS:
         return path
     return "/v1/models" if path.startswith("/v1/models/") else "other"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a bind address or a Host name, IPv6 with or without brackets) is this machine only."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: "[::1]:8080" -> "[::1]", "Example.com:80" -> "example.com"."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def host_allowed(header: str | None, bound: str, allowed: tuple[str, ...]) -> bool:
+    """The DNS-rebinding guard: may a request with this Host header reach a server bound to `bound`?
+
+    A loopback server accepts loopback names only (plus `allowed`): a web page whose name was
+    rebound to 127.0.0.1 still sends its own name. Bound beyond loopback, only `allowed` (when
+    given) restricts. "*" allows any name; a request without a Host header (HTTP/1.0) comes from
+    no browser and passes.
+    """
+    if "*" in allowed or header is None:
+        return True
+    if not is_loopback(bound) and not allowed:
+        return True
+    name = host_name(header)
+    return is_loopback(name) or name.rstrip(".") in {a.lower().rstrip(".") for a in allowed}
 
 
 class _BodyTooLarge(Exception):
@@ -74,7 +113,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class HttpMiddleware:
-    """Body limit, metrics and the request log around the FastAPI app."""
+    """Host check, body limit, metrics and the request log around the FastAPI app."""
 
     def __init__(self, app: ASGIApp, state: ServerState, request_log: RequestLog | None) -> None:
         self.app, self.state, self.log = app, state, request_log
@@ -101,6 +140,15 @@ class HttpMiddleware:
 
         body = b""
         try:
+            host = dict(scope.get("headers", [])).get(b"host")
+            config = self.state.config
+            if not host_allowed(None if host is None else host.decode("latin-1"), config.host, config.allowed_hosts):
+                shown = host.decode("latin-1")[:100] if host else ""
+                err = ApiError(400, f"the Host header {shown!r} is not allowed on this server (start it with "
+                                    f"--allowed-hosts {host_name(shown) or 'NAME'} to accept it)", param="Host",
+                               code="host_not_allowed")
+                await err.response()(scope, receive, send_wrapper)
+                return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 body = await _read_body(scope, receive, self.state.config.max_body_bytes)
             await self.app(scope, _replay(body, receive), send_wrapper)
@@ -115,7 +163,10 @@ class HttpMiddleware:
             seconds = time.perf_counter() - started
             self.state.metrics.request_done(endpoint_of(scope["path"]), status, seconds)
             if self.log is not None:
-                self.log.write(_record(scope, status, seconds, body, bytes(out), info.get("summary")))
+                try:
+                    self.log.write(_record(scope, status, seconds, body, bytes(out), info.get("summary")))
+                except Exception:  # the response is already sent; a full disk must not crash the app
+                    log.exception("could not write the request log")
             if self.state.config.access_log:
                 sys.stderr.write(access_line(scope, status) + "\n")
                 sys.stderr.flush()
@@ -151,5 +202,5 @@ def _decode(data: bytes) -> Any:
         return {"truncated": True, "bytes": len(data)}
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse: logged as text
         return data.decode("utf-8", "replace")

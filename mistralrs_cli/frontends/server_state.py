@@ -44,6 +44,9 @@ class ServerConfig:
     # path or id given on the command line.
     model_aliases: tuple[str, ...] = ()
     access_log: bool = True  # one uvicorn-style line per request on stderr (off with --quiet)
+    # --allowed-hosts: Host names accepted beyond the loopback names (the DNS-rebinding guard);
+    # "*" accepts any. Bound beyond loopback, an empty tuple means no Host check.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 class ServerState:
@@ -173,6 +176,7 @@ class Ticket:
         self.texts: dict[tuple[int, int], str] = {}
         self.finish: dict[tuple[int, int], str | None] = {}
         self.prompt_tokens = self.completion_tokens = 0
+        self.generated: dict[int, int] = {}  # tokens seen per stream position, for streams that never end
         self.first_token_at: float | None = None
         self.failed = False  # the engine raised: unfinished streams are errors, not aborts
         self.closed = False
@@ -182,6 +186,7 @@ class Ticket:
         if self.first_token_at is None and d.token_ids:
             self.first_token_at = time.perf_counter()
             self.state.metrics.ttft.observe(self.endpoint, self.first_token_at - self.started)
+        self.generated[position] = self.generated.get(position, 0) + len(d.token_ids)
         key = (position, d.index)
         self.texts[key] = self.texts.get(key, "") + d.text
         if d.finish_reason is not None:
@@ -203,6 +208,9 @@ class Ticket:
                 stream.abort()
                 if not self.failed:
                     self.aborted.add(position)
+                # No usage delta will be read: count what was generated so far (the log and metrics).
+                self.prompt_tokens += len(stream.prompt_ids)
+                self.completion_tokens += self.generated.get(position, 0)
         state = self.state
         state.in_flight -= self.slots
         state.tickets.discard(self)
