@@ -4,8 +4,12 @@ Starts a server (the embedded default model unless told otherwise) or targets --
 N requests at a fixed concurrency, then checks what the server promises:
   - no 5xx, and every request that was not deliberately dropped completes
     (plain: 200 with a finish_reason; stream: a finish_reason and `data: [DONE]`);
-  - after the run the KV cache is empty and nothing is running (read from /metrics);
-  - /health keeps answering during the load (its worst latency is printed).
+  - after the run the KV cache is empty, no sequence is running or waiting and no request
+    is in flight (read from /metrics), so no server keeps generating for departed clients;
+  - the server counted exactly the dropped streams as aborted (those that left before
+    their finish_reason), and nothing else; and it stopped generating for them: the engine
+    sampled at most --waste-bound tokens per dropped stream beyond what the requests got;
+  - /health answers 200 throughout, each time within --health-bound seconds.
 Prints p50/p99 latency, time to first token and throughput; exits 1 if a check fails.
 
     python benchmarks/load_test.py                          # default model, 200 requests, concurrency 32
@@ -43,6 +47,7 @@ class Result:
     ttft: float | None = None
     tokens: int = 0
     complete: bool = False
+    finished: bool = False  # a finish_reason arrived (for a drop: before the client left)
     error: str = ""
 
 
@@ -103,6 +108,7 @@ async def _one(http: httpx.AsyncClient, i: int, kind: str, rng: random.Random, m
                         res.tokens = chunk["usage"]["completion_tokens"]
                     if kind == "drop" and events >= 3:
                         break  # leaving the block closes the connection mid-stream
+                res.finished = finished
                 res.complete = finished and done and not res.error
     except httpx.HTTPError as e:
         res.error = f"{type(e).__name__}: {e}"
@@ -160,7 +166,7 @@ def wait_drained(base: str, headers: dict, timeout: float = 30.0) -> dict[str, f
     while True:
         m = _metrics(base, headers)
         idle = m["mistralrs_kv_cache_blocks_used"] == 0 and m["mistralrs_running_sequences"] == 0 \
-            and m["mistralrs_requests_in_flight"] == 0
+            and m["mistralrs_waiting_sequences"] == 0 and m["mistralrs_requests_in_flight"] == 0
         if idle or time.monotonic() > deadline:
             return m
         time.sleep(0.1)
@@ -173,8 +179,40 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def report(results: list[Result], wall: float, probe: HealthProbe, after: dict[str, float]) -> bool:
-    """Print the summary; True when every check passed."""
+def check(results: list[Result], probe: HealthProbe, before: dict[str, float], after: dict[str, float],
+          health_bound: float, waste_bound: int = 8) -> list[str]:
+    """What the server got wrong in this run (empty when every check passed)."""
+    kept = [r for r in results if r.kind != "drop"]
+    failed = []
+    if n := sum(r.status >= 500 for r in results):
+        failed.append(f"{n} answers with a 5xx status")
+    if n := sum(not (r.status == 200 and r.complete) for r in kept):
+        failed.append(f"{n} requests (not dropped) did not complete")
+    for name in ("kv_cache_blocks_used", "running_sequences", "waiting_sequences", "requests_in_flight"):
+        value = after.get(f"mistralrs_{name}", -1)
+        if value != 0:
+            failed.append(f"{name} is {value:.0f} after the run, not 0")
+    name = "mistralrs_requests_aborted_total"
+    aborted = after.get(name, 0) - before.get(name, 0)
+    # A stream the client left before its finish_reason must be aborted; nothing else may be.
+    expected = sum(r.kind == "drop" and not r.finished for r in results)
+    if aborted != expected:
+        failed.append(f"{aborted:.0f} requests aborted, expected {expected} (the streams dropped before finishing)")
+    grew = {k: after.get(k, 0) - before.get(k, 0)
+            for k in ("mistralrs_engine_generated_tokens_total", "mistralrs_completion_tokens_total")}
+    wasted = grew["mistralrs_engine_generated_tokens_total"] - grew["mistralrs_completion_tokens_total"]
+    if wasted > waste_bound * max(expected, 1):
+        failed.append(f"the engine sampled {wasted:.0f} tokens nobody received: it kept generating for departed clients")
+    if probe.failures:
+        failed.append(f"/health failed {len(probe.failures)} times: {probe.failures[0]}")
+    if probe.worst > health_bound:
+        failed.append(f"/health took {probe.worst:.2f} s under load (bound {health_bound:.2f} s)")
+    return failed
+
+
+def report(results: list[Result], wall: float, probe: HealthProbe, before: dict[str, float],
+           after: dict[str, float], health_bound: float = 1.0, waste_bound: int = 8) -> bool:
+    """Print the summary and every failed check; True when every check passed."""
     kept = [r for r in results if r.kind != "drop"]
     server_errors = [r for r in results if r.status >= 500]
     incomplete = [r for r in kept if not (r.status == 200 and r.complete)]
@@ -195,11 +233,16 @@ def report(results: list[Result], wall: float, probe: HealthProbe, after: dict[s
     print(f"throughput: {tokens / wall:.1f} completion tok/s, {len(kept) / wall:.2f} completed req/s")
     print(f"/health during load: worst {probe.worst * 1000:.0f} ms, failures {len(probe.failures)}")
     used = after.get("mistralrs_kv_cache_blocks_used", -1)
+    aborted = after.get("mistralrs_requests_aborted_total", 0) - before.get("mistralrs_requests_aborted_total", 0)
     print(f"after: kv blocks used {used:.0f}/{after.get('mistralrs_kv_cache_blocks_total', 0):.0f}, running "
-          f"{after.get('mistralrs_running_sequences', -1):.0f}, aborted {after.get('mistralrs_requests_aborted_total', 0):.0f}")
+          f"{after.get('mistralrs_running_sequences', -1):.0f}, in flight "
+          f"{after.get('mistralrs_requests_in_flight', -1):.0f}, aborted during the run {aborted:.0f}")
     for r in (server_errors + incomplete)[:5]:
         print(f"  e.g. {r.kind} status {r.status}: {r.error}", file=sys.stderr)
-    return not server_errors and not incomplete and used == 0 and not probe.failures
+    failed = check(results, probe, before, after, health_bound, waste_bound)
+    for line in failed:
+        print(f"FAILED: {line}", file=sys.stderr)
+    return not failed
 
 
 def spawn(args: str) -> tuple[subprocess.Popen, str]:
@@ -239,13 +282,19 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48, help="each request asks for between half this and this")
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--health-bound", type=float, default=1.0,
+                    help="seconds /health may take under load (worst measured on 2 cores: 79 ms)")
+    ap.add_argument("--waste-bound", type=int, default=8,
+                    help="tokens the engine may sample per dropped stream after its client left")
     a = ap.parse_args()
     headers = {"Authorization": f"Bearer {a.api_key}"} if a.api_key else {}
     proc, base = (None, a.url.rstrip("/")) if a.url else spawn(a.spawn)
     try:
+        before = _metrics(base, headers)
         results, wall, probe = asyncio.run(run_load(base, a.requests, a.concurrency, a.drops, a.max_tokens, headers,
                                                     a.seed))
-        ok = report(results, wall, probe, wait_drained(base, headers))
+        ok = report(results, wall, probe, before, wait_drained(base, headers), a.health_bound,
+                    a.waste_bound)
     finally:
         if proc is not None:
             proc.terminate()

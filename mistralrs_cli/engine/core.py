@@ -6,9 +6,12 @@ directly to admit requests at chosen steps.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+
+import torch
 
 from mistralrs_cli.engine.admission import Limits, fit_prompt, prompt_ids
 from mistralrs_cli.engine.block_manager import BlockManager
@@ -16,6 +19,7 @@ from mistralrs_cli.engine.config import EngineConfig
 from mistralrs_cli.engine.model_runner import ModelRunner, block_bytes
 from mistralrs_cli.engine.outputs import (
     FINISH_ABORT,
+    FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
     Delta,
@@ -31,6 +35,10 @@ from mistralrs_cli.engine.scheduler import Scheduler
 from mistralrs_cli.engine.sequence import Request, Sequence, Status
 from mistralrs_cli.engine.stream import RequestStream
 from mistralrs_cli.loading.loaded import LoadedModel
+
+log = logging.getLogger(__name__)
+
+NON_FINITE = "the model produced non-finite logits (NaN or infinity); this choice was ended"
 
 
 class EngineCore:
@@ -172,7 +180,12 @@ class EngineCore:
         self.prompt_tokens_computed += sum(c.length for c in plan.chunks) - decode
         seqs: list[Sequence] = []
         rows: list[int] = []
+        # One check per step: a row with NaN/inf would sample garbage (or a fixed id) silently.
+        finite = torch.isfinite(logits).all(-1).tolist() if len(logits) else []
         for row, chunk in enumerate(c for c in plan.chunks if c.needs_logits):
+            if not finite[row]:
+                self._fail_choice(chunk.seq, NON_FINITE)
+                continue
             family = [chunk.seq] + self._fork(chunk.seq)  # n > 1: every choice samples this row
             seqs += family
             rows += [row] * len(family)
@@ -184,6 +197,15 @@ class EngineCore:
             if self.config.no_kv_cache and seq.status is Status.RUNNING:
                 self.blocks.free_seq(seq)
                 seq.num_computed = 0
+
+    def _fail_choice(self, seq: Sequence, message: str) -> None:
+        """End one choice (and the choices still to fork from it) with finish_reason "error"."""
+        log.error("request %s choice %d: %s", seq.request.request_id, seq.index, message)
+        indices = [seq.index, *range(seq.index + 1, seq.index + 1 + seq.pending_forks)]
+        seq.pending_forks = 0
+        self._finish(seq)
+        for index in indices:
+            self._emit(seq.request, Delta(index, finish_reason=FINISH_ERROR, error=message))
 
     def _fail_unschedulable(self) -> None:
         # NOTE: admission checks make this unreachable; if it ever happens, fail the head

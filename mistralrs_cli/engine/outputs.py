@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 from mistralrs_cli.errors import MistralrsError
 
-# Why a choice ended: a stop token or string, max_tokens / the context, or an abort.
-FINISH_STOP, FINISH_LENGTH, FINISH_ABORT = "stop", "length", "abort"
+# Why a choice ended: a stop token or string, max_tokens / the context, an abort, or an
+# error of that choice alone (the model produced non-finite logits for it).
+FINISH_STOP, FINISH_LENGTH, FINISH_ABORT, FINISH_ERROR = "stop", "length", "abort", "error"
 
 
 class EngineError(MistralrsError):
@@ -44,7 +45,8 @@ class Delta:
 
     `text` holds back only what could still be the start of a stop string; `token_ids` and
     `logprobs` are the tokens sampled in this step (stop tokens are never included).
-    `finish_reason` is set on the choice's last delta; `usage` on the request's last delta.
+    `finish_reason` is set on the choice's last delta; `usage` on the request's last delta;
+    `error` says why when the finish reason is "error".
     """
 
     index: int
@@ -54,6 +56,7 @@ class Delta:
     finish_reason: str | None = None
     stop_reason: str | int | None = None  # the stop string or stop token id that matched
     usage: Usage | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Choice:
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    error: str | None = None  # why, when finish_reason is "error"
 
     def add(self, delta: Delta) -> None:
         """Append one delta of this choice."""
@@ -75,6 +79,7 @@ class Choice:
             self.logprobs = (self.logprobs or []) + list(delta.logprobs)
         if delta.finish_reason is not None:
             self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
+            self.error = delta.error
 
 
 @dataclass

@@ -168,6 +168,7 @@ async def _answer(engine: Engine, item: BatchRequest, defaults: dict[str, Any]) 
         if item.url == "/v1/chat/completions":
             req = ChatCompletionRequest.model_validate({**item.body, "stream": False})
             out = await submit_chat(engine, req, defaults).aresult()
+            outs = [out]
             body = chat_response(out, model, xlora_field(engine, [out]) if req.xlora_scalings else None)
         else:
             creq = CompletionRequest.model_validate({**item.body, "stream": False})
@@ -180,4 +181,7 @@ async def _answer(engine: Engine, item: BatchRequest, defaults: dict[str, Any]) 
         return error_record(item.custom_id, item.line, "invalid_request", f"line {item.line}: {message}"), None
     except MistralrsError as e:
         return error_record(item.custom_id, item.line, "invalid_request", f"line {item.line}: {e.message}"), None
+    failed = [c.error for o in outs for c in o.choices if c.finish_reason == "error"]
+    if failed:  # the model produced non-finite logits: an error record, never a garbage answer
+        return error_record(item.custom_id, item.line, "server_error", f"line {item.line}: {failed[0]}"), None
     return success_record(item.custom_id, body), body.get("usage")

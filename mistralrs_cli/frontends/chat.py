@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mistralrs_cli.engine import Engine, RequestStream, SamplingParams
+from mistralrs_cli.engine import Engine, EngineError, RequestStream, SamplingParams
 from mistralrs_cli.engine.admission import fit_prompt
 from mistralrs_cli.errors import MistralrsError, RequestError
 from mistralrs_cli.frontends.engine_setup import open_engine
@@ -75,6 +75,8 @@ class EngineReply:
                 if delta.text:
                     pieces.append(delta.text)
                     yield delta.text
+                if delta.finish_reason == "error":  # the model produced NaN: say so, not a silent end
+                    raise EngineError(delta.error or "generation failed")
         except MistralrsError as e:
             finish = f"error: {e.message}"
             raise

@@ -139,7 +139,7 @@ class _Sampling(_Lenient):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: NonNegInt | None = Field(default=None, description="0 = off.")
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    n: Annotated[int, Field(ge=1, le=128), BeforeValidator(_integral)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N), BeforeValidator(_integral)] | None = None
     stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = None
     seed: Int | None = None
     presence_penalty: Penalty = None
@@ -160,8 +160,19 @@ class _Sampling(_Lenient):
     _refuse_any = field_validator(*UNSUPPORTED_ANY, mode="before")(_refuse)
 
 
+# As OpenAI: top_logprobs (above 0) needs logprobs: true. Stated in the schema so a client
+# generated from it knows; openai_convert refuses the rest with a 400.
+TOP_LOGPROBS_NEEDS_LOGPROBS = {
+    "if": {"properties": {"top_logprobs": {"type": "integer", "minimum": 1}}, "required": ["top_logprobs"]},
+    "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+}
+MAX_N = 128  # SamplingParams' own bound; a server publishes its --max-seqs (with_server_bounds)
+
+
 class ChatCompletionRequest(_Sampling):
     """POST /v1/chat/completions."""
+
+    model_config = ConfigDict(json_schema_extra=TOP_LOGPROBS_NEEDS_LOGPROBS)
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: PositiveInt | None = None
@@ -218,6 +229,17 @@ class CompletionRequest(_Sampling):
     def token_limit(self) -> int | None:
         """Completions default to 16 tokens in OpenAI's API."""
         return self.max_tokens if self.max_tokens is not None else 16
+
+
+def with_server_bounds(doc: dict[str, Any], max_seqs: int) -> dict[str, Any]:
+    """The OpenAPI document with this server's real bound on `n` (--max-seqs, at most 128), in place."""
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        field = schemas.get(name, {}).get("properties", {}).get("n", {})
+        for branch in field.get("anyOf", [field]):
+            if branch.get("type") == "integer":
+                branch["maximum"] = min(max_seqs, MAX_N)
+    return doc
 
 
 def validation_message(err: ValidationError) -> tuple[str, str | None]:

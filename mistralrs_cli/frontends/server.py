@@ -30,6 +30,7 @@ from mistralrs_cli import __version__
 from mistralrs_cli.engine import Engine, EngineConfig
 from mistralrs_cli.errors import ConfigError
 from mistralrs_cli.frontends.engine_setup import engine_config
+from mistralrs_cli.frontends.openai_types import with_server_bounds
 from mistralrs_cli.frontends.request_log import RequestLog
 from mistralrs_cli.frontends.server_errors import install_handlers
 from mistralrs_cli.frontends.server_http import HttpMiddleware, host_name, is_loopback
@@ -63,16 +64,20 @@ def create_app(state: ServerState) -> FastAPI:
 
 
 def _openapi_without_422(app: FastAPI) -> dict:
-    """FastAPI's document, minus the 422 responses it adds by default: this server answers 400."""
-    if app.openapi_schema is None:
-        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        for path in doc["paths"].values():
-            for operation in path.values():
-                operation.get("responses", {}).pop("422", None)
-        for name in ("HTTPValidationError", "ValidationError"):
-            doc.get("components", {}).get("schemas", {}).pop(name, None)
-        app.openapi_schema = doc
-    return app.openapi_schema
+    """FastAPI's document, minus the 422 responses it adds by default (this server answers 400),
+    with the real bound on `n` once the engine is loaded (cached only from then on)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for path in doc["paths"].values():
+        for operation in path.values():
+            operation.get("responses", {}).pop("422", None)
+    for name in ("HTTPValidationError", "ValidationError"):
+        doc.get("components", {}).get("schemas", {}).pop(name, None)
+    engine = getattr(app.state.server, "engine", None)
+    if engine is not None:
+        app.openapi_schema = with_server_bounds(doc, engine.config.max_seqs)
+    return doc
 
 
 class DrainingServer(uvicorn.Server):

@@ -27,8 +27,29 @@ def _wait_idle(engine: Engine) -> None:
         time.sleep(0.01)
 
 
+def _lockstep(engine: Engine, streams: list, gate: threading.Event) -> None:
+    """Hold steps until `gate` is set, then run each only once every consumer has read what it was sent.
+
+    So the engine cannot run 200 tokens ahead of a starved reader on a busy machine: the
+    "< 200 tokens" checks below depend on counts, not on thread timing.
+    """
+    run = engine.core.runner.run
+
+    def run_when_read(*args, **kwargs):
+        gate.wait(30)
+        deadline = time.monotonic() + 10
+        while any(not s._queue.empty() for s in streams) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return run(*args, **kwargs)
+
+    engine.core.runner.run = run_when_read
+
+
 def test_abort_mid_stream_from_other_threads_frees_the_cache(engine):
-    streams = [engine.submit([5 + i, 6, 7, 8], params=LONG) for i in range(6)]  # 3 run, 3 wait
+    streams: list = []
+    gate = threading.Event()
+    _lockstep(engine, streams, gate)
+    streams += [engine.submit([5 + i, 6, 7, 8], params=LONG) for i in range(6)]  # 3 run, 3 wait
     results: dict[int, list] = {}
 
     def consume(i):
@@ -42,9 +63,9 @@ def test_abort_mid_stream_from_other_threads_frees_the_cache(engine):
     readers = [threading.Thread(target=consume, args=(i,)) for i in range(6)]
     for t in readers:
         t.start()
-    time.sleep(0.05)
     for i in (1, 3, 5):  # another thread aborts by id, running or still waiting
         engine.abort(streams[i].request_id)
+    gate.set()
     for t in readers:
         t.join(10)
     for i in range(6):

@@ -30,6 +30,19 @@ def _slow_down(live: LiveServer, seconds: float) -> None:
     runner.run = slow_run
 
 
+def _gate(live: LiveServer) -> threading.Event:
+    """Hold every engine step until the returned event is set (requests stay admitted, mid-flight)."""
+    runner = live.state.engine.core.runner
+    run, gate = runner.run, threading.Event()
+
+    def gated_run(*args, **kwargs):
+        gate.wait(60)
+        return run(*args, **kwargs)
+
+    runner.run = gated_run
+    return gate
+
+
 def _events(lines) -> list[str]:
     return [line[len("data: "):] for line in lines if line.startswith("data: ")]
 
@@ -102,8 +115,11 @@ def test_client_disconnects_abort_their_requests_only(fresh_server, tmp_path):
         http.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 200, "user": "impatient", **NO_EOS})
     bystander.join(30)
     assert other and other[0].usage.completion_tokens == 30 and other[0].choices[0].finish_reason == "length"
-    live.wait_idle(timeout=3)  # 200 tokens at 30 ms a step would take 6 s: both were aborted
+    live.wait_idle(timeout=60)
     assert live.state.metrics.aborted == 2
+    # Both 200-token requests were stopped, not run out: at 30 ms a step, 200 tokens need 6 s of
+    # the client being gone, while each left after a few tokens (a count, not a clock, is checked).
+    assert live.state.engine.stats().generated_tokens < 30 + 200
     _wait(lambda: len(log_file.read_text().splitlines()) >= 3, what="log lines")
     records = {r["request"]["user"]: r for r in map(json.loads, log_file.read_text().splitlines())
                if isinstance(r["request"], dict) and r["request"].get("user")}
@@ -142,7 +158,7 @@ def test_engine_error_mid_stream_ends_with_error_event_and_done(fresh_server):
 
 def test_full_queue_gets_429_and_health_stays_fast(fresh_server):
     live = fresh_server(max_queue=2)
-    _slow_down(live, 0.03)
+    gate = _gate(live)  # both requests stay in flight until the checks are done, however slow the machine
     outs: list[list[str]] = [[], []]
     threads = [_stream_in_thread(live, {"messages": MSG, "max_tokens": 25}, out) for out in outs]
     _wait(lambda: live.state.in_flight == 2, what="two requests in flight")
@@ -151,6 +167,7 @@ def test_full_queue_gets_429_and_health_stays_fast(fresh_server):
     assert e.value.code == "queue_full"
     with live.http() as http:  # /health answers while the queue is full (no wall-clock bound: machines are noisy)
         assert http.get("/health").json()["in_flight"] == 2
+    gate.set()
     for thread in threads:
         thread.join(30)
     assert all(_events(out)[-1] == "[DONE]" for out in outs)
@@ -158,13 +175,29 @@ def test_full_queue_gets_429_and_health_stays_fast(fresh_server):
 
 
 def test_shutdown_drains_short_requests_and_aborts_long_ones(fresh_server):
-    # 10 tokens fit a 5 s drain at 0.1 s a step even on a busy machine; 200 (20 s) never do.
+    # Deterministic on any machine: a step in which every request already streams waits
+    # until a new request is queued or the drain begins, so both are mid-stream at the
+    # drain; then the short one runs its last few steps, and once it is done each step
+    # takes 0.5 s, so the long one's ~190 remaining tokens can never fit the 5 s drain.
     live = fresh_server(drain_timeout=5)
-    _slow_down(live, 0.1)
-    short, long_, started = [], [], threading.Event()
-    threads = [_stream_in_thread(live, {"messages": MSG, "max_tokens": 10, **NO_EOS}, short),
-               _stream_in_thread(live, {"messages": MSG, "max_tokens": 200, **NO_EOS}, long_, started)]
-    assert started.wait(10)
+    state, engine = live.state, live.state.engine
+    run = engine.core.runner.run
+
+    def staged_run(chunks, *args, **kwargs):
+        deadline = time.monotonic() + 30
+        if all(c.seq.num_output >= 1 for c in chunks):
+            while not state.draining and engine._inbox.empty() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        if state.draining and all(c.seq.request.max_tokens == 200 for c in chunks):
+            time.sleep(0.5)
+        return run(chunks, *args, **kwargs)
+
+    engine.core.runner.run = staged_run
+    short, long_, started_short, started_long = [], [], threading.Event(), threading.Event()
+    threads = [_stream_in_thread(live, {"messages": MSG, "max_tokens": 200, **NO_EOS}, long_, started_long)]
+    assert started_long.wait(30)
+    threads.append(_stream_in_thread(live, {"messages": MSG, "max_tokens": 10, **NO_EOS}, short, started_short))
+    assert started_short.wait(30)
     live.stop()  # as on SIGTERM
     for thread in threads:
         thread.join(30)
