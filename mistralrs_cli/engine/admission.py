@@ -1,7 +1,8 @@
 """Turning what a frontend submits into a validated Request: tokenize, fit the context and the cache.
 
 Runs in the caller's thread, so a bad request raises RequestError to the caller at once
-and never reaches the engine loop.
+and never reaches the engine loop. A text whose length alone shows it cannot fit the context
+is refused before tokenizing (reject_oversized), so its cost is bounded by the context.
 """
 
 from __future__ import annotations
@@ -52,21 +53,51 @@ def prompt_ids(
     return ids
 
 
+def reject_oversized(
+    tokenizer: TextTokenizer,
+    prompt: str | list[int] | None,
+    messages: list[dict[str, Any]] | None,
+    params: SamplingParams,
+    limits: Limits,
+) -> None:
+    """ContextLengthError, before any tokenizing, for a text too long for the context by its length alone."""
+    bound = tokenizer.bound
+    if limits.truncate or bound is None:
+        return  # NOTE: --truncate-sequence keeps the end of any prompt: it must be tokenized whole
+    if isinstance(prompt, str) and messages is None:
+        text = prompt
+    elif prompt is None and isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
+        text = tokenizer.render_chat(messages)  # cheap next to tokenizing (7 ms for 8 MB)
+    else:
+        return  # token ids are counted as they are; prompt_ids reports malformed requests
+    room = _room(params, limits)
+    least = bound.min_tokens(text)
+    if least > room:
+        raise ContextLengthError(_too_long(f"at least {least} tokens ({len(text)} characters)", params, limits),
+                                 least, limits.max_model_len)
+
+
+def _room(params: SamplingParams, limits: Limits) -> int:
+    """Prompt tokens that fit while leaving room for max_tokens."""
+    ctx, want = limits.max_model_len, params.max_tokens
+    if want is not None and want >= ctx:
+        raise RequestError(f"max_tokens {want} must be smaller than the context length {ctx}")
+    return ctx - (want or 1)
+
+
+def _too_long(count: str, params: SamplingParams, limits: Limits) -> str:
+    return (f"the prompt has {count}; with max_tokens {params.max_tokens or 1} the context of "
+            f"{limits.max_model_len} allows at most {_room(params, limits)} (shorten it or use --truncate-sequence)")
+
+
 def fit_prompt(ids: list[int], params: SamplingParams, limits: Limits) -> tuple[list[int], int]:
     """(prompt ids, max_tokens) fitted to the context, truncating only when asked."""
     ctx = limits.max_model_len
     want = params.max_tokens
-    if want is not None and want >= ctx:
-        raise RequestError(f"max_tokens {want} must be smaller than the context length {ctx}")
-    room = ctx - (want or 1)  # prompt tokens that fit while leaving room for max_tokens
+    room = _room(params, limits)
     if len(ids) > room:
         if not limits.truncate:
-            raise ContextLengthError(
-                f"the prompt has {len(ids)} tokens; with max_tokens {want or 1} the context of {ctx} "
-                f"allows at most {room} (shorten it or use --truncate-sequence)",
-                len(ids),
-                ctx,
-            )
+            raise ContextLengthError(_too_long(f"{len(ids)} tokens", params, limits), len(ids), ctx)
         ids = ids[len(ids) - room :]  # keep the end: the most recent turns matter most
     max_tokens = want if want is not None else ctx - len(ids)
     if params.logit_bias and max(params.logit_bias) >= limits.vocab_size:

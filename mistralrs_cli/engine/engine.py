@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from mistralrs_cli.engine.admission import reject_oversized
 from mistralrs_cli.engine.config import EngineConfig
 from mistralrs_cli.engine.core import EngineCore
 from mistralrs_cli.engine.outputs import EngineError, EngineStats, RequestOutput
@@ -38,6 +39,7 @@ class Engine:
         self.core = EngineCore(loaded, config)
         self.config = self.core.config
         self.kv_budget = self.core.kv_budget  # the pool's size and why, for the start-up line
+        _ = loaded.tokenizer.bound  # read the vocabulary now rather than in the first request
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._ids = itertools.count()
         self._stats = self.core.stats()
@@ -58,6 +60,9 @@ class Engine:
     ) -> RequestStream:
         """Validate and queue a request; raises RequestError for a request that can never run."""
         rid = request_id or f"req-{next(self._ids)}"
+        # A text whose length alone cannot fit is refused here, before the tokenizer spends
+        # seconds on it (every frontend submits through here: serve, batch, chat).
+        reject_oversized(self.loaded.tokenizer, prompt, messages, params or SamplingParams(), self.core.limits)
         request = self.core.new_request(rid, prompt, messages, params, extensions, self.abort)
         with self._lock:  # NOTE: so no request can be queued behind the stop message
             if self._closed:

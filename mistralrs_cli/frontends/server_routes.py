@@ -1,7 +1,8 @@
 """The HTTP routes: /v1/models, /v1/chat/completions, /v1/completions (plain and SSE), /health, /metrics.
 
 Routes only validate, submit to the engine and translate its deltas (openai_convert);
-tokenizing runs in a worker thread so a long prompt never stalls the event loop.
+tokenizing runs in a worker thread (through the tokenizers call that releases the GIL), so a long
+prompt never stalls the event loop; one too long for the context by its length alone is never tokenized.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from tokenizers import Tokenizer
 
 from mistralrs_cli.loading.chat_template import ChatTemplate
+from mistralrs_cli.loading.token_bound import TokenBound, token_bound
 
 
 class TextTokenizer:
@@ -46,10 +48,17 @@ class TextTokenizer:
         """Also stop on these ids (e.g. generation_config / config.json eos ids)."""
         self.eos_token_ids = self.eos_token_ids | frozenset(ids)
 
+    @cached_property
+    def bound(self) -> TokenBound | None:
+        """A lower bound on token counts that needs no tokenizing (None when this pipeline has none)."""
+        return token_bound(self.tokenizer)
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; special tokens (bos) added by the tokenizer's post-processor."""
         try:
-            return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+            # NOTE: encode_batch releases the GIL while it works and encode does not (8 s for
+            # 8 MB of text): in a worker thread it leaves the event loop and the engine running.
+            return self.tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
         except TypeError:
             # `tokenizers` refuses strings that are not valid Unicode (lone surrogates).
             from mistralrs_cli.errors import RequestError
