@@ -210,3 +210,15 @@ def spawn():
         if server.proc.poll() is None:
             server.proc.kill()
             server.proc.wait(10)
+
+
+def slow_down(live: LiveServer, seconds: float) -> None:
+    """Make every engine step take at least `seconds`, so requests are reliably still running."""
+    runner = live.state.engine.core.runner
+    run = runner.run
+
+    def slow_run(*args, **kwargs):
+        time.sleep(seconds)
+        return run(*args, **kwargs)
+
+    runner.run = slow_run

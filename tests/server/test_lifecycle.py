@@ -12,22 +12,10 @@ import pytest
 
 from mistralrs_cli.engine import Engine, EngineConfig
 from mistralrs_cli.errors import ConfigError
-from tests.server.conftest import LiveServer
+from tests.server.conftest import LiveServer, slow_down
 
 MSG = [{"role": "user", "content": "Hi"}]
 NO_EOS = {"logit_bias": {"2": -100}}  # the tiny model's EOS id: sampled requests then run to max_tokens
-
-
-def _slow_down(live: LiveServer, seconds: float) -> None:
-    """Make every engine step take at least `seconds`, so requests are reliably still running."""
-    runner = live.state.engine.core.runner
-    run = runner.run
-
-    def slow_run(*args, **kwargs):
-        time.sleep(seconds)
-        return run(*args, **kwargs)
-
-    runner.run = slow_run
 
 
 def _gate(live: LiveServer) -> threading.Event:
@@ -100,7 +88,7 @@ def test_failed_load_is_reported(fresh_server):
 def test_client_disconnects_abort_their_requests_only(fresh_server, tmp_path):
     log_file = tmp_path / "log.jsonl"
     live = fresh_server(log_file=log_file)
-    _slow_down(live, 0.03)
+    slow_down(live, 0.03)
     other: list = []
     bystander = threading.Thread(target=lambda: other.append(
         live.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=30, temperature=0)))

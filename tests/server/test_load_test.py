@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from mistralrs_cli.engine import EngineConfig
+from tests.server.conftest import slow_down
 
 _spec = importlib.util.spec_from_file_location("load_test", Path(__file__).parents[2] / "benchmarks" / "load_test.py")
 load_test = importlib.util.module_from_spec(_spec)
@@ -42,18 +42,6 @@ def test_check_names_each_broken_promise(after, worst, failure):
         assert len(failed) == 1 and failure in failed[0]
 
 
-def _slow_steps(live, seconds: float) -> None:
-    # Dropped streams (32..64 tokens) are then surely still generating when their client leaves.
-    runner = live.state.engine.core.runner
-    run = runner.run
-
-    def slow_run(*args, **kwargs):
-        time.sleep(seconds)
-        return run(*args, **kwargs)
-
-    runner.run = slow_run
-
-
 def _run(live) -> list[str]:
     before = load_test._metrics(live.url, {})
     results, _, probe = asyncio.run(load_test.run_load(live.url, 8, 8, 2, 64, {}, seed=0))
@@ -64,13 +52,13 @@ def _run(live) -> list[str]:
 
 def test_load_test_passes_on_the_server(fresh_server):
     live = fresh_server(engine_config=EngineConfig(max_seqs=8))
-    _slow_steps(live, 0.05)
+    slow_down(live, 0.05)
     assert _run(live) == []
 
 
 def test_load_test_catches_a_server_that_keeps_generating(fresh_server):
     live = fresh_server(engine_config=EngineConfig(max_seqs=8))
-    _slow_steps(live, 0.05)
+    slow_down(live, 0.05)
     live.state.engine.abort = lambda request_id: None  # a server that ignores departed clients
     failed = _run(live)
     assert any("kept generating for departed clients" in f for f in failed), failed
