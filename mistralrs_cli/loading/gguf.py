@@ -27,7 +27,6 @@ from mistralrs_cli.loading.loaded import LoadedModel
 from mistralrs_cli.loading.source import ModelSource
 from mistralrs_cli.loading.tokenizer import TextTokenizer
 from mistralrs_cli.models.config import ModelConfig
-from mistralrs_cli.models.fused import fuse_projections
 from mistralrs_cli.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,6 @@ def load_gguf_file(path: Path, spec: ModelSpec) -> LoadedModel:
     if quantized:
         with _single_thread():
             model, kinds = load_quantized(g, cfg)
-        fuse_projections(model)
         dtype = torch.float32  # activations; the int4 matmuls compute in bf16 internally
         weights = "int4 from GGUF (torch CPU int4 matmul)"
     else:

@@ -18,17 +18,15 @@ SMOKE_TOKENS = 2
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load the model for `spec`; on a CUDA device its hot ops run through kernels_cuda.
+    """Load the model for `spec`, then choose its backend (fused int4 on CPU, kernels_cuda on CUDA).
 
     A two-token forward ends the load: a model that can only produce NaN, or whose forward
     fails, is refused here with one line instead of answering every request with garbage.
     """
-    from mistralrs_cli.models.kernel_ops import set_kernels, wants_kernels
+    from mistralrs_cli.models.backend import select_backend
 
     loaded = _load(spec)
-    if wants_kernels(loaded.device):
-        set_kernels(loaded.model, True)
-        loaded.info["kernels"] = "kernels_cuda (numba)"
+    loaded.info["backend"] = select_backend(loaded.model, loaded.device)
     smoke_forward(loaded)
     return loaded
 

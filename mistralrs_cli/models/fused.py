@@ -47,7 +47,13 @@ class FusedProjection:
         return y
 
 
+def _source(module: nn.Module) -> nn.Module:
+    """The linear under a LoRA wrapper (adapters attach before the backend is chosen), else the module."""
+    return module.base if hasattr(module, "delta") and hasattr(module, "base") else module
+
+
 def _fuse(parts: list[nn.Module]) -> FusedProjection | None:
+    parts = [_source(p) for p in parts]
     if not all(isinstance(p, Int4Linear) for p in parts):
         return None
     fused = concat_int4(parts)
