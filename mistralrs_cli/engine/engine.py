@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
+import signal
 import threading
 from typing import Any
 
@@ -111,6 +113,11 @@ class Engine:
 
     # --- engine thread ---
     def _loop(self) -> None:
+        # Ctrl-C and SIGTERM belong to the main thread. A signal the kernel hands to this thread
+        # (or to the OpenMP workers it spawns, which inherit the mask) would reach Python's
+        # handler only when the main thread next wakes: a REPL blocked on a stream could miss it.
+        if os.name == "posix":  # pthread_sigmask is POSIX-only
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         core = self.core
         torch.set_num_threads(engine_threads(self.config.threads))
         while True:

@@ -156,19 +156,21 @@ class ChatRepl:
         printer = ReplyPrinter(self.markdown)
         start = time.perf_counter()
         first: float | None = None
-        try:
-            reply = self.backend.stream_chat(self.state.conversation(), dict(self.state.params))
-        except MistralrsError as e:
-            self._turn_error(e)
-            return False
+        reply: Reply | None = None
         stopped = False
         try:
+            try:
+                reply = self.backend.stream_chat(self.state.conversation(), dict(self.state.params))
+            except MistralrsError as e:
+                self._turn_error(e)
+                return False
             for piece in reply:
                 if first is None:
                     first = time.perf_counter() - start
                 printer.write(piece)
-        except KeyboardInterrupt:
-            reply.abort()
+        except KeyboardInterrupt:  # Ctrl-C at any moment of the turn, even before the first token
+            if reply is not None:
+                reply.abort()
             stopped = True
         except MistralrsError as e:  # the engine ended the request with an error mid-stream
             printer.finish()
@@ -178,7 +180,7 @@ class ChatRepl:
         elapsed = time.perf_counter() - start
         # NOTE: a stopped reply is kept in the conversation, as ollama and llm do.
         self.state.messages.append({"role": "assistant", "content": printer.text})
-        n = reply.completion_tokens
+        n = reply.completion_tokens if reply is not None else 0
         self.state.replies += 1
         self.state.tokens += n
         self.state.seconds += elapsed
