@@ -51,12 +51,12 @@ def worker_ours(args: argparse.Namespace) -> dict:
     import torch
 
     from mistralrs_cli.loading.gguf import load_gguf_file
+    from mistralrs_cli.loading.spec import LoadOptions
     from mistralrs_cli.models.attention import AttentionBatch
-    from mistralrs_cli.spec import ModelSpec
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    lm = load_gguf_file(Path(args.gguf), ModelSpec(dtype=args.dtype))
+    lm = load_gguf_file(Path(args.gguf), LoadOptions(dtype=args.dtype))
     load = time.perf_counter() - start
     model, cfg = lm.model, lm.config
     prompt = _prompt_ids(args.prompt)

@@ -32,7 +32,6 @@ MODELS: dict[str, dict[str, Any]] = {
         batch=(1, 32),
         ctx=4096,
         prefill=2048,
-        quant_rows=(4096, 14336),
     ),
     "smollm2-135m": dict(
         hidden=576,
@@ -46,7 +45,6 @@ MODELS: dict[str, dict[str, Any]] = {
         batch=(1, 32),
         ctx=2048,
         prefill=2048,
-        quant_rows=(576, 1536),
     ),
     "smoke": dict(
         hidden=256,
@@ -60,23 +58,9 @@ MODELS: dict[str, dict[str, Any]] = {
         batch=(2,),
         ctx=12,
         prefill=6,
-        quant_rows=(1, 2),
     ),
 }
 Row = tuple[str, str, Callable[[], Any], dict[str, Callable[[], Any]], float, float]
-
-
-def _gguf(torch: Any, name: str, rows: int, cols: int, device: str) -> Any:
-    """Random GGUF blocks (uint8 (rows, row_bytes)) whose f16 scales are small and finite."""
-    from kernels_cuda.reference import GGUF_BLOCKS
-
-    per, nbytes = GGUF_BLOCKS[name]
-    raw = torch.randint(0, 256, (rows * cols // per, nbytes), dtype=torch.uint8, device=device)
-    scale = (torch.rand(raw.shape[0], 2, device=device) * 0.01 + 1e-3).half().view(torch.uint8)
-    at = {"Q4_0": [0], "Q8_0": [0], "Q4_1": [0, 2], "Q4_K": [0, 2], "Q6_K": [208]}[name]
-    for off in at:
-        raw[:, off : off + 2] = scale[:, :2]
-    return raw.reshape(rows, cols // per * nbytes)
 
 
 def _row(torch: Any, op: str, case: str, args: tuple, nbytes: float, **extra: Any) -> Row:
@@ -100,8 +84,6 @@ def _row(torch: Any, op: str, case: str, args: tuple, nbytes: float, **extra: An
 
 def cases(torch: Any, m: dict[str, Any], device: str) -> Iterator[Row]:
     """Every (op, case) for one model, at decode and prefill/batch token counts."""
-    from kernels_cuda.reference import GGUF_BLOCKS, dequant
-
     F = torch.nn.functional
     f16 = dict(device=device, dtype=torch.float16)
     h, nh, nkv, hd, inter = m["hidden"], m["heads"], m["kv"], m["hd"], m["inter"]
@@ -144,25 +126,6 @@ def cases(torch: Any, m: dict[str, Any], device: str) -> Iterator[Row]:
         nbytes,
         **{"sdpa causal": sdpa},
     )
-    for name in ("Q4_0", "Q6_K"):
-        if h % GGUF_BLOCKS[name][0]:
-            continue  # rows must hold whole blocks (SmolLM2's 576 has no 256-value K-quants)
-        rows = m["quant_rows"][0]
-        raw = _gguf(torch, name, rows, h, device)
-        yield _row(torch, "dequant", f"{name} {rows}x{h}", (raw, name), raw.numel() + 2 * rows * h)
-    for name in ("Q4_0", "Q8_0"):
-        for rows in m["quant_rows"]:
-            raw, x = _gguf(torch, name, rows, h, device), torch.randn(h, **f16)
-            dense = lambda w=dequant(raw, name), x=x: F.linear(x, w)  # noqa: E731
-            nbytes = raw.numel() + 2 * (h + rows)
-            yield _row(
-                torch,
-                "q_matvec",
-                f"{name} {rows}x{h}",
-                (raw, name, x),
-                nbytes,
-                **{"f16 dense": dense},
-            )
     for t in m["batch"]:
         n_ad, r = 4, 16
         y, x, s = (

@@ -1,9 +1,9 @@
-"""numba.cuda kernels for mistralrs, each beside a torch reference; pick them via `dispatch`.
+"""numba.cuda kernels for mistralrs, each beside a torch twin in `reference.py`.
 
-Importing the package is cheap (no numba): `kernels_cuda.dispatch.get(op)` returns a function
-that runs the numba kernel on CUDA tensors and the torch reference otherwise.
+Importing the package is cheap (no numba). `kernels_cuda.dispatch.available()` says whether the
+kernels can run on this machine and `kernels_cuda.dispatch.kernel(op)` returns an op's launcher.
 """
 
-from .dispatch import OPS, available, get
+from .dispatch import available, kernel
 
-__all__ = ["OPS", "available", "get"]
+__all__ = ["available", "kernel"]

@@ -104,8 +104,8 @@ def sm_count() -> int:
     return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
 
 
-# Block-wide reductions through shared memory (the simulator has no warp shuffles).
-# `nt` is the block size and must be a power of two; every thread must call them.
+# A block-wide reduction through shared memory (the simulator has no warp shuffles).
+# `nt` is the block size and must be a power of two; every thread must call it.
 
 
 @cuda.jit(device=True)
@@ -121,22 +121,6 @@ def block_sum(buf, val, tid, nt):
         s //= 2
     total = buf[0]
     cuda.syncthreads()  # NOTE: buf may be reused right after; all must have read it
-    return total
-
-
-@cuda.jit(device=True)
-def block_max(buf, val, tid, nt):
-    """Max of `val` over the block; every thread gets it."""
-    buf[tid] = val
-    cuda.syncthreads()
-    s = nt // 2
-    while s > 0:
-        if tid < s and buf[tid + s] > buf[tid]:
-            buf[tid] = buf[tid + s]
-        cuda.syncthreads()
-        s //= 2
-    total = buf[0]
-    cuda.syncthreads()
     return total
 
 

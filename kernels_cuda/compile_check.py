@@ -68,7 +68,7 @@ class Compiler:
 
 def _drive(shapes: tuple[int, ...], dtype: torch.dtype) -> None:
     """Call every launcher once at these model shapes (tiny token counts, real widths)."""
-    from . import activation, attention, attention_prefill, dequant, lora, rmsnorm, rope, sampling
+    from . import activation, attention, attention_prefill, lora, rmsnorm, rope, sampling
 
     hidden, nh, nkv, hd, inter, vocab = shapes
     r = torch.randn
@@ -100,11 +100,6 @@ def _drive(shapes: tuple[int, ...], dtype: torch.dtype) -> None:
         )
     kv = r(40, nkv, hd).to(dtype)
     attention_prefill.prefill_attention(r(40, nh, hd).to(dtype), kv, kv, window=8)
-    for name, (per, nbytes) in dequant.GGUF_BLOCKS.items():
-        raw = torch.zeros(4, hidden // per * nbytes, dtype=torch.uint8)
-        dequant.dequant(raw, name, dtype)
-        if name in ("Q4_0", "Q4_1", "Q8_0"):
-            dequant.q_matvec(raw, name, r(hidden).to(dtype))
     lora.lora_delta(
         r(2, hidden).to(dtype),
         x,

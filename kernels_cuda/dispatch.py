@@ -1,6 +1,8 @@
-"""The dispatch table: op name -> numba.cuda launcher on CUDA tensors, torch reference otherwise.
+"""The one way in: `available()` says whether the kernels can run here, `kernel(op)` returns a launcher.
 
-Importing this module does not import numba; kernels load on first use on a CUDA device.
+Importing this module does not import numba; a kernel module loads on its first `kernel(op)`.
+Launchers take CUDA (or, in numba's simulator, CPU) tensors in f16/f32; callers decide when to
+use them (the model's backend chooses once at load, the sampler per batch).
 """
 
 from __future__ import annotations
@@ -13,17 +15,13 @@ from typing import Any
 
 import torch
 
-from . import reference
-
-# op name -> module of kernels_cuda holding its launcher (same name, same signature)
+# op name -> module of kernels_cuda holding its launcher (same name; its torch twin is in reference.py)
 KERNEL_MODULES: dict[str, str] = {
     "rmsnorm_residual": "rmsnorm",
     "rope": "rope",
     "silu_mul": "activation",
     "decode_attention": "attention",
     "prefill_attention": "attention_prefill",
-    "dequant": "dequant",
-    "q_matvec": "dequant",
     "lora_delta": "lora",
     "sample_filter": "sampling",
 }
@@ -55,45 +53,7 @@ def available() -> bool:
 
 @functools.cache
 def kernel(op: str) -> Callable[..., Any]:
-    """The numba launcher for `op` (imports numba)."""
-    return getattr(importlib.import_module(f"{__package__}.{_module(op)}"), op)
-
-
-def _module(op: str) -> str:
+    """The numba launcher for `op` (imports numba); ValueError for an unknown op."""
     if op not in KERNEL_MODULES:
         raise ValueError(f"unknown kernel op {op!r}; known: {', '.join(KERNEL_MODULES)}")
-    return KERNEL_MODULES[op]
-
-
-def uses_kernel(*args: Any) -> bool:
-    """Whether a call with these arguments would run the numba kernel."""
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    return (
-        bool(tensors)
-        and all(t.is_cuda for t in tensors)
-        # bf16 and f64 stay on the torch path: kernels take f16/f32 only.
-        and all(t.dtype in (torch.float16, torch.float32) for t in tensors if t.is_floating_point())
-        and available()
-    )
-
-
-def _dispatcher(op: str) -> Callable[..., Any]:
-    ref = getattr(reference, op)
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if uses_kernel(*args, *kwargs.values()):
-            return kernel(op)(*args, **kwargs)
-        return ref(*args, **kwargs)
-
-    run.__name__ = run.__qualname__ = op
-    run.__doc__ = ref.__doc__
-    return run
-
-
-OPS: dict[str, Callable[..., Any]] = {op: _dispatcher(op) for op in KERNEL_MODULES}
-
-
-def get(op: str) -> Callable[..., Any]:
-    """The dispatching function for `op`: same signature as its reference in reference.py."""
-    _module(op)
-    return OPS[op]
+    return getattr(importlib.import_module(f"{__package__}.{KERNEL_MODULES[op]}"), op)

@@ -1,7 +1,8 @@
 """Torch twins of the numba.cuda kernels: each defines what its kernel must compute.
 
-They are also the CPU path the dispatch table falls back to. Every function takes and returns
-torch tensors with the same signature as its kernel launcher; math runs in f32.
+The kernel tests and `benchmarks/bench_kernels.py` compare every launcher against its twin.
+Every function takes and returns torch tensors with the same signature as its kernel
+launcher; math runs in f32.
 """
 
 from __future__ import annotations
@@ -11,17 +12,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .reference_gguf import GGUF_BLOCKS, dequant, q_matvec, qtype_name
-
 __all__ = [
-    "GGUF_BLOCKS",
     "decode_attention",
-    "dequant",
     "lora_delta",
     "per_row",
     "prefill_attention",
-    "q_matvec",
-    "qtype_name",
     "rmsnorm_residual",
     "rope",
     "rope_tables",

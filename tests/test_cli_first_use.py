@@ -82,17 +82,18 @@ def test_log_records_a_chat_turn(tiny_mistral_dir, tmp_path):
 
 
 def test_weights_and_compute_dtype_are_reported_apart(tmp_path, tiny_mistral_dir):
+    from mistralrs_cli.cli.compose import build_model
+    from mistralrs_cli.cli.spec import model_spec
     from mistralrs_cli.loading.gguf import load_gguf_file
-    from mistralrs_cli.loading.loader import load_model
-    from mistralrs_cli.spec import ModelSpec
+    from mistralrs_cli.loading.spec import LoadOptions
     from tests.oracles.gguf_files import Q, write_gguf_from_hf
     from tests.oracles.tiny_models import save_tiny_folder, tiny_hf_model
 
     hf = tiny_hf_model("llama", seed=2, tie_word_embeddings=True)
     path = write_gguf_from_hf(hf, save_tiny_folder(hf, tmp_path / "hf"), tmp_path / "t.gguf", Q.Q4_0)
-    quant = load_gguf_file(path, ModelSpec())
+    quant = load_gguf_file(path, LoadOptions())
     assert quant.weights.startswith("int4") and quant.compute_dtype == "float32"
-    dense = load_model(ModelSpec(kind="mistral", model_id=str(tiny_mistral_dir)))
+    dense = build_model(model_spec("mistral", model_id=str(tiny_mistral_dir)))
     assert dense.weights == "dense float32" and dense.compute_dtype == "float32"
 
 

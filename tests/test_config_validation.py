@@ -14,10 +14,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from mistralrs_cli.cli import app
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from mistralrs_cli.errors import ConfigError, GGUFError, WeightError
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.models.config import ModelConfig
-from mistralrs_cli.spec import ModelSpec
+from mistralrs_cli.loading.hf_config import config_from_hf
 from tests.oracles.gguf_files import (
     byte_level_tokenizer_metadata,
     gguf_tensors,
@@ -52,7 +52,7 @@ def _set_config(folder: Path, raw: object = None, **changes: object) -> None:
 
 
 def _load_hf(folder: Path):
-    return load_model(ModelSpec(kind="mistral", model_id=str(folder), device="cpu"))
+    return build_model(model_spec("mistral", model_id=str(folder), device="cpu"))
 
 
 def _one_line(err: pytest.ExceptionInfo, *needles: str) -> None:
@@ -148,10 +148,10 @@ def test_valid_rope_variants_still_load(hf_copy):
 
 
 def test_transformers_config_dict_round_trips():
-    """ModelConfig.from_hf_dict accepts what transformers itself writes (extra keys, nulls)."""
+    """config_from_hf accepts what transformers itself writes (extra keys, nulls)."""
     for kind in ("mistral", "llama"):
         hf = tiny_hf_model(kind)
-        cfg = ModelConfig.from_hf_dict(hf.config.to_dict())
+        cfg = config_from_hf(hf.config.to_dict())
         assert (cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim) == (64, 2, 16)
 
 
@@ -218,7 +218,7 @@ def _gguf(tmp_path: Path, parts, edit: dict, drop: tuple[str, ...] = ()) -> Path
 def test_bad_gguf_metadata_names_the_key(tmp_path, gguf_parts, edit, needle):
     path = _gguf(tmp_path, gguf_parts, edit)
     with pytest.raises(GGUFError) as err:
-        load_model(ModelSpec(kind="gguf-mistral", quantized_filename=str(path)))
+        build_model(model_spec("gguf-mistral", quantized_filename=str(path)))
     _one_line(err, str(path), needle)
 
 
@@ -228,7 +228,7 @@ def test_narrow_embedding_is_one_line_not_zero_division(tmp_path, gguf_parts, wi
     path = _gguf(tmp_path, gguf_parts, {"llama.embedding_length": (V.UINT32, width)},
                  drop=("llama.attention.key_length", "llama.rope.dimension_count"))
     with pytest.raises((GGUFError, WeightError)) as err:
-        load_model(ModelSpec(kind="gguf-mistral", quantized_filename=str(path)))
+        build_model(model_spec("gguf-mistral", quantized_filename=str(path)))
     _one_line(err, str(path))
 
 
@@ -242,5 +242,5 @@ def test_relabelled_tensor_type_is_caught_in_place(tmp_path, gguf_parts):
     struct.pack_into("<I", data, pos + 4 + 8 * n_dims, int(gguf.GGMLQuantizationType.Q5_0))
     path.write_bytes(bytes(data))
     with pytest.raises(GGUFError) as err:
-        load_model(ModelSpec(kind="gguf-mistral", quantized_filename=str(path)))
+        build_model(model_spec("gguf-mistral", quantized_filename=str(path)))
     _one_line(err, "'blk.0.ffn_norm.weight' (Q5_0, 44 bytes) is followed by 192 unexplained bytes")

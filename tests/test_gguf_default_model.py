@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from mistralrs_cli.errors import ModelSourceError
 from mistralrs_cli.loading import default_model as dm
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.spec import ModelSpec
 from tests.oracles.gguf_files import Q, write_gguf_from_hf
 from tests.oracles.tiny_models import save_tiny_folder, tiny_hf_model
 
@@ -30,7 +30,7 @@ def test_cache_comes_first(tmp_path, monkeypatch, tiny_gguf):
     tiny_gguf.rename(tmp_path / "cache" / dm.DEFAULT_FILENAME)
     found = dm.resolve_default_model(fetch=False)
     assert found.origin == "cache" and found.gguf_path == tmp_path / "cache" / dm.DEFAULT_FILENAME
-    loaded = load_model(ModelSpec())  # kind "default": no subcommand
+    loaded = build_model(model_spec("default"))  # no subcommand
     assert loaded.info["default_model_origin"] == "cache"
     assert loaded.name == dm.DEFAULT_FILENAME
 

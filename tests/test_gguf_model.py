@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from mistralrs_cli.errors import GGUFError, ModelSourceError, WeightError
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.models.fused import FusedProjection
+from mistralrs_cli.models.fused import FusedInt4Attention, FusedInt4MLP, FusedProjection
 from mistralrs_cli.models.quant_linear import Int4Linear, QuantEmbedding, block_n
-from mistralrs_cli.spec import ModelSpec
 from tests.oracles.gguf_files import (
     byte_level_tokenizer_metadata,
     dequantized_copy,
@@ -39,7 +39,7 @@ def tiny(request, tmp_path_factory):
 
 
 def _gguf(path, dtype="f32"):
-    return load_model(ModelSpec(kind="gguf-mistral", quantized_filename=str(path), dtype=dtype))
+    return build_model(model_spec("gguf-mistral", quantized_filename=str(path), dtype=dtype))
 
 
 def _logits(model, ids):
@@ -52,7 +52,7 @@ IDS = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(5))
 
 def test_f32_gguf_gives_the_hf_path_logits(tiny):
     hf, folder, files = tiny
-    ours_hf = load_model(ModelSpec(kind="mistral", model_id=str(folder)))
+    ours_hf = build_model(model_spec("mistral", model_id=str(folder)))
     ours_gguf = _gguf(files[Q.F32])
     assert ours_gguf.config.sliding_window == ours_hf.config.sliding_window
     assert ours_gguf.config.tie_word_embeddings == hf.config.tie_word_embeddings
@@ -79,8 +79,9 @@ def test_quantized_gguf_exact_and_fast_paths(tiny, qtype):
     assert isinstance(fast.model.lm_head, Int4Linear)
     # gate/up (128 rows each) fuse; k/v (32 rows) fuse only where the packed layout's row block
     # divides 32 (AVX2: 32 rows), else they are padded and keep q/k/v separate (AVX-512: 64).
-    assert isinstance(fast.model.model.layers[0].mlp.fused_gate_up, FusedProjection)
-    assert (fast.model.model.layers[0].self_attn.fused_qkv is not None) == (32 % block_n() == 0)
+    mlp, attn = fast.model.model.layers[0].mlp, fast.model.model.layers[0].self_attn
+    assert isinstance(mlp, FusedInt4MLP) and isinstance(mlp.fused_gate_up, FusedProjection)
+    assert isinstance(attn, FusedInt4Attention) == (32 % block_n() == 0)
     # bf16 scales/activations inside the int4 matmuls: ~1% of the logit scale (measured 0.5%).
     scale = expected.abs().max().item()
     assert (_logits(fast.model, IDS) - expected).abs().max().item() < 0.02 * scale
@@ -119,7 +120,7 @@ def test_unfused_path_used_when_a_projection_is_wrapped(tiny):
 def test_gguf_tokenizer_and_chat_template_match_the_hf_folder(tiny):
     _, folder, files = tiny
     ours = _gguf(files[Q.F32]).tokenizer
-    ref = load_model(ModelSpec(kind="mistral", model_id=str(folder))).tokenizer
+    ref = build_model(model_spec("mistral", model_id=str(folder))).tokenizer
     for text in ["Hello world, ünïcödé 日本語 🙂", "tiny  tokenizer\n\tend", "</s> <s>x"]:
         assert ours.encode(text) == ref.encode(text)
         assert ours.decode(ours.encode(text)) == ref.decode(ref.encode(text))
@@ -130,18 +131,18 @@ def test_gguf_tokenizer_and_chat_template_match_the_hf_folder(tiny):
 
 def test_tokenizer_from_tok_model_id(tiny):
     _, folder, files = tiny
-    spec = ModelSpec(kind="gguf-mistral", quantized_filename=str(files[Q.F32]), tok_model_id=str(folder), dtype="f32")
-    assert load_model(spec).tokenizer.encode("Hello") == _gguf(files[Q.F32]).tokenizer.encode("Hello")
+    spec = model_spec("gguf-mistral", quantized_filename=str(files[Q.F32]), tok_model_id=str(folder), dtype="f32")
+    assert build_model(spec).tokenizer.encode("Hello") == _gguf(files[Q.F32]).tokenizer.encode("Hello")
 
 
 def test_file_resolution_from_folder_and_errors(tiny):
     _, folder, files = tiny
-    spec = ModelSpec(kind="gguf-mistral", quantized_model_id=str(folder), quantized_filename=files[Q.F32].name, dtype="f32")
-    assert load_model(spec).info["format"] == "gguf"
+    spec = model_spec("gguf-mistral", quantized_model_id=str(folder), quantized_filename=files[Q.F32].name, dtype="f32")
+    assert build_model(spec).info["format"] == "gguf"
     with pytest.raises(ModelSourceError, match="-f/--quantized-filename is required"):
-        load_model(ModelSpec(kind="gguf-mistral", quantized_model_id=str(folder)))
+        build_model(model_spec("gguf-mistral", quantized_model_id=str(folder)))
     with pytest.raises(ModelSourceError, match="missing nope.gguf"):
-        load_model(ModelSpec(kind="gguf-mistral", quantized_model_id=str(folder), quantized_filename="nope.gguf"))
+        build_model(model_spec("gguf-mistral", quantized_model_id=str(folder), quantized_filename="nope.gguf"))
 
 
 def _variant_file(tmp_path, name, meta_edit=None, tensor_edit=None, arch="llama"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mistralrs_cli.loading.gguf import load_gguf_file
-from mistralrs_cli.spec import ModelSpec
+from mistralrs_cli.loading.spec import LoadOptions
 from tests.test_model_oracle import _greedy_with_pool
 
 pytestmark = pytest.mark.slow
@@ -66,12 +66,12 @@ def hf_model(default_gguf):
 
 @pytest.fixture(scope="session")
 def exact(default_gguf):
-    return load_gguf_file(default_gguf, ModelSpec(dtype="f32"))
+    return load_gguf_file(default_gguf, LoadOptions(dtype="f32"))
 
 
 @pytest.fixture(scope="session")
 def fast(default_gguf):
-    return load_gguf_file(default_gguf, ModelSpec())
+    return load_gguf_file(default_gguf, LoadOptions())
 
 
 def _hf_greedy(model, ids: list[int], steps: int) -> list[int]:

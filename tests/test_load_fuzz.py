@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from mistralrs_cli.errors import MistralrsError
 from mistralrs_cli.loading.loaded import LoadedModel
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.spec import ModelSpec
 from tests.adapters.helpers import (
     ALL,
     classifier_weights,
@@ -195,8 +195,8 @@ def test_fuzzed_hf_configs_load_or_fail_in_one_line(tiny_mistral_dir, tmp_path):
             if f.name != "config.json":
                 (folder / f.name).symlink_to(f)
         (folder / "config.json").write_text(json.dumps(raw))
-        spec = ModelSpec(kind="mistral", model_id=str(folder), device="cpu")
-        out.run(f"hf{i} {label}", (folder.name,), lambda spec=spec: load_model(spec))
+        spec = model_spec("mistral", model_id=str(folder), device="cpu")
+        out.run(f"hf{i} {label}", (folder.name,), lambda spec=spec: build_model(spec))
         shutil.rmtree(folder)
     out.check("HF config.json", n)
 
@@ -327,8 +327,8 @@ def test_fuzzed_gguf_files_load_or_fail_in_one_line(gguf_parts, tmp_path):
             changes = [_patch_directory(rng, data, sorted(tensors))]
             path.write_bytes(bytes(data))
         dtype = _pick(rng, ["auto", "f32"])
-        spec = ModelSpec(kind="gguf-mistral", quantized_filename=str(path), dtype=dtype, device="cpu")
-        out.run(f"g{i} ({dtype}) {'; '.join(changes)}", (path.name,), lambda spec=spec: load_model(spec))
+        spec = model_spec("gguf-mistral", quantized_filename=str(path), dtype=dtype, device="cpu")
+        out.run(f"g{i} ({dtype}) {'; '.join(changes)}", (path.name,), lambda spec=spec: build_model(spec))
         path.unlink()
     out.check("GGUF", n)
 
@@ -405,9 +405,9 @@ def test_fuzzed_xlora_configs_load_or_fail_in_one_line(xlora_parts, tiny_mistral
                 value = _pick(rng, _LORA_VALUES[key])
                 for expert in ("expert_0", "expert_1") if rng.random() < 0.5 else (_pick(rng, ["expert_0", "expert_1"]),):
                     changes.append(_edit(xdir / expert / "adapter_config.json", key, value, rng))
-        spec = ModelSpec(kind="x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir),
-                         order=ordering, device="cpu")
-        out.run(f"x{i} {'; '.join(changes)}", (xdir.name, ordering.name), lambda spec=spec: load_model(spec))
+        spec = model_spec("x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir),
+                          order=ordering, device="cpu")
+        out.run(f"x{i} {'; '.join(changes)}", (xdir.name, ordering.name), lambda spec=spec: build_model(spec))
         shutil.rmtree(xdir)
     out.check("X-LoRA", n)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mistralrs_cli.loading.hf_config import config_from_hf
 from mistralrs_cli.loading.weights import build_empty_model, load_state_dict
 from mistralrs_cli.models.attention import AttentionBatch
-from mistralrs_cli.models.config import ModelConfig
 from tests.oracles.tiny_models import tiny_hf_model
 
 VARIANTS = {
@@ -20,7 +20,7 @@ VARIANTS = {
 
 
 def _ours(hf) -> torch.nn.Module:
-    cfg = ModelConfig.from_hf_dict(hf.config.to_dict())
+    cfg = config_from_hf(hf.config.to_dict())
     return load_state_dict(build_empty_model(cfg), hf.state_dict(), torch.float32, torch.device("cpu"), "test")
 
 

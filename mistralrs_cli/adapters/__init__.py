@@ -5,5 +5,6 @@
 - `lora`: `LoraLinear`, the wrapper put in place of a targeted linear (dense or quantized).
 - `xlora_config`, `classifier`, `ordering`: the X-LoRA config, scaling classifier, ordering file.
 - `xlora`, `scaling_state`: `XLoraModel` (two passes per step) and its per-sequence state.
-- `load`: `load_xlora` / `load_lora`, from a ModelSpec to a LoadedModel.
+- `spec`: `LoraSpec` / `XLoraSpec`, the adapters the command line asks for.
+- `load`: `prepare` (files checked before the base loads) and `apply` (wrap a loaded base).
 """

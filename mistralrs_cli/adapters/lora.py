@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import nn
 from mistralrs_cli.adapters.lora_files import PROJECTIONS, LoraAdapter, module_sort_key
 from mistralrs_cli.errors import AdapterError
 from mistralrs_cli.models import kernel_ops
+from mistralrs_cli.models.backend import register_cuda_variant
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,6 @@ class LoraLinear(nn.Module):
         self.register_buffer("lora_b", b.reshape(self.out_features, n * r).to(device, dtype))
         # Set by the X-LoRA model around each forward; None = every adapter at weight 1.
         self.mix: torch.Tensor | float | None = None
-        self._kernel_ab: tuple[torch.Tensor, torch.Tensor] | None = None  # A, B in the kernel's layout
-
-    use_kernels: bool = False  # CUDA kernel path (models/kernel_ops.py), set by set_kernels
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, adapters={self.n_adapters}, rank={self.rank}"
@@ -64,8 +63,9 @@ class LoraLinear(nn.Module):
         y = self.base(x)
         if self.switched_off():
             return y
-        if self.use_kernels and kernel_ops.takes(x, y, self.lora_a):
-            return kernel_ops.lora_delta(y, x, *self._kernel_layout(), self.mix, self.n_adapters)
+        return self._plus_delta(y, x)
+
+    def _plus_delta(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return y + self.delta(x).to(y.dtype)
 
     def switched_off(self) -> bool:
@@ -88,14 +88,26 @@ class LoraLinear(nn.Module):
             h = h * mix
         return F.linear(h, self.lora_b)
 
-    def _kernel_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+
+class CudaLoraLinear(LoraLinear):
+    """LoraLinear adding its delta with the lora_delta kernel (one launch); swapped in by the backend."""
+
+    def _plus_delta(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if kernel_ops.takes(x, y, self.lora_a):
+            return kernel_ops.lora_delta(y, x, *self.kernel_layout, self.mix, self.n_adapters)
+        return super()._plus_delta(y, x)
+
+    @cached_property
+    def kernel_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A as (n, r, in) and B as (n, out, r), made once (B is a transposed copy)."""
-        if self._kernel_ab is None:
-            n, r = self.n_adapters, self.rank
-            a = self.lora_a.view(n, r, self.in_features)
-            b = self.lora_b.view(self.out_features, n, r).permute(1, 0, 2).contiguous()
-            self._kernel_ab = (a, b)
-        return self._kernel_ab
+        n, r = self.n_adapters, self.rank
+        a = self.lora_a.view(n, r, self.in_features)
+        b = self.lora_b.view(self.out_features, n, r).permute(1, 0, 2).contiguous()
+        return a, b
+
+
+# models/backend.py turns every LoraLinear into a CudaLoraLinear when it picks kernels_cuda.
+register_cuda_variant(LoraLinear, CudaLoraLinear)
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:

@@ -99,7 +99,7 @@ def read_lora_adapter(
     """Read and validate one adapter against the base's projection shapes {path: (in, out)}."""
     where = f"adapter {name!r} ({config_path.parent})"
     cfg = _read_config(config_path, where)
-    tensors = _read_tensors(weights_path, where)
+    tensors = read_tensors(weights_path, where)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         m = _TENSOR.match(key)
@@ -171,7 +171,8 @@ def _read_config(path: Path, where: str) -> dict[str, Any]:
     return cfg
 
 
-def _read_tensors(path: Path, where: str) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, where: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a corrupt file is an AdapterError naming `where`."""
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}

@@ -4,7 +4,9 @@
    norm go through the classifier -> scalings (B, Q, n_lora_layers, n_adapters).
 2. Real pass: each wrapper weighs its adapters by its layer's (top-k selected) scalings.
 
-Same call signature as MistralForCausalLM. It asks the engine for twice the KV layers: the
+It satisfies models.contract.CausalLM, and is its own SequenceHooks: the engine forks its
+per-sequence state with n > 1 choices and makes it forget finished sequences (the state
+itself lives in scaling_state.py). It asks the engine for twice the KV layers: the
 first half holds the scaling pass's cache, the second half the real pass's. Both are addressed
 by the same slots, so they stay in step whatever the batching (what the original's "catch-up"
 scheduling tried to achieve). Scalings are per token, so rows of a batch never mix.
@@ -29,6 +31,8 @@ from mistralrs_cli.adapters.lora import LoraLinear
 from mistralrs_cli.adapters.scaling_state import ScalingState, SeqScalings
 from mistralrs_cli.models.attention import AttentionBatch, KVLayer
 from mistralrs_cli.models.config import ModelConfig
+from mistralrs_cli.models.contract import SequenceHooks
+from mistralrs_cli.models.mistral import MistralForCausalLM
 
 log = logging.getLogger(__name__)
 Row = tuple[SeqScalings, torch.Tensor, torch.Tensor]  # state, positions (Q,) on CPU, valid mask
@@ -39,7 +43,7 @@ class XLoraModel(nn.Module):
 
     def __init__(
         self,
-        base: nn.Module,
+        base: MistralForCausalLM,
         classifier: XLoraClassifier,
         lora_layers: Sequence[LoraLinear],
         adapter_names: Sequence[str],
@@ -77,14 +81,14 @@ class XLoraModel(nn.Module):
         return 2 * self.base.config.num_hidden_layers
 
     @property
-    def kv_layer_count(self) -> int:
-        """Alias of `num_kv_layers` (the engine's spelling)."""
-        return self.num_kv_layers
-
-    @property
     def prefix_cache_safe(self) -> bool:
         """Whether a token's KV depends only on the tokens before it (not with frozen scalings)."""
         return self.tgt_non_granular_index is None
+
+    @property
+    def sequence_hooks(self) -> SequenceHooks:
+        """The model keeps its per-sequence state itself (`fork`, `forget`, `scalings_history`)."""
+        return self
 
     def forward(
         self,
@@ -133,7 +137,7 @@ class XLoraModel(nn.Module):
                 log.warning("tgt_non_granular_index needs sequence ids from the engine; scalings stay per token")
                 self._warned = True
             return None
-        prompt_lens = getattr(batch, "prompt_lens", None)
+        prompt_lens = batch.prompt_lens
         pos = positions.detach().cpu()
         rows = []
         for b, sid in enumerate(batch.seq_ids):

@@ -35,6 +35,7 @@ from mistralrs_cli.engine.scheduler import Scheduler
 from mistralrs_cli.engine.sequence import Request, Sequence, Status
 from mistralrs_cli.engine.stream import RequestStream
 from mistralrs_cli.loading.loaded import LoadedModel
+from mistralrs_cli.models.contract import SequenceHooks
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,18 @@ class EngineCore:
         self.config = (config or EngineConfig()).resolved(loaded.device, cfg.max_position_embeddings)
         self.tokenizer = loaded.tokenizer
         bs = self.config.block_size
-        self.block_bytes = block_bytes(loaded.model, cfg, bs, loaded.dtype)
+        model = loaded.model
+        self.block_bytes = block_bytes(model, bs, loaded.dtype)
         self.kv_budget = self.config.kv_budget(loaded.device, self.block_bytes)
         num_blocks = self.kv_budget.blocks
-        # A wrapper whose cached K/V depend on more than the tokens before them (X-LoRA with
+        # A model whose cached K/V depend on more than the tokens before them (X-LoRA with
         # frozen scalings) must not share prefixes between requests.
-        sharing = self.config.prefix_caching and getattr(loaded.model, "prefix_cache_safe", True)
+        sharing = self.config.prefix_caching and model.prefix_cache_safe
         self.blocks = BlockManager(num_blocks, bs, cfg.sliding_window, sharing)
         self.scheduler = Scheduler(self.blocks, self.config.max_seqs, self.config.max_batched_tokens)
-        self.runner = ModelRunner(loaded.model, cfg, num_blocks, bs, loaded.dtype, loaded.device)
+        self.runner = ModelRunner(model, num_blocks, bs, loaded.dtype, loaded.device)
+        # Read once: a stateful model's per-sequence state follows our forks and finishes.
+        self.hooks: SequenceHooks | None = model.sequence_hooks
         chunk = self.config.max_batched_tokens
         self.limits = Limits(
             self.config.max_model_len,
@@ -219,24 +223,25 @@ class EngineCore:
             del self.requests[request.request_id]
 
     def _finish(self, seq: Sequence) -> None:
-        """Remove a sequence and free its blocks; a stateful model wrapper forgets it too."""
+        """Remove a sequence and free its blocks; a stateful model forgets it too."""
         self.scheduler.finish(seq)
-        model = self.runner.model
-        if seq.request.extensions.get("xlora_scalings") and hasattr(model, "scalings_history"):
-            history = model.scalings_history(seq.seq_id)
+        hooks = self.hooks
+        if hooks is None:
+            return
+        if seq.request.extensions.get("xlora_scalings"):
+            history = hooks.scalings_history(seq.seq_id)
             if history is not None:
                 self.scalings.put(seq.request.request_id, seq.index, seq.token_ids[seq.num_prompt :], history,
-                                  tuple(model.adapter_names))
-        if hasattr(model, "forget"):
-            model.forget(seq.seq_id)
+                                  tuple(hooks.adapter_names))
+        hooks.forget(seq.seq_id)
 
     def _fork(self, parent: Sequence) -> list[Sequence]:
         children = []
         for index in range(parent.index + 1, parent.index + 1 + parent.pending_forks):
             child = parent.fork(index, self.tokenizer)
             self.scheduler.add_fork(children[-1] if children else parent, child)
-            if hasattr(self.runner.model, "fork"):
-                self.runner.model.fork(parent.seq_id, child.seq_id)
+            if self.hooks is not None:
+                self.hooks.fork(parent.seq_id, child.seq_id)
             children.append(child)
         parent.pending_forks = 0
         return children

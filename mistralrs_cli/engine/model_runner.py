@@ -6,34 +6,28 @@ A step runs at most two forwards: all decoding sequences together (B, 1), and al
 chunks together (B, Q) padded to the longest chunk. Each row attends to its own sequence's
 slots, gathered in position order; padding keys are masked out.
 
-Any module with the same call signature as MistralForCausalLM can be run. A wrapper that
-needs its own cache (X-LoRA's scaling pass) sets `num_kv_layers` to the number of (k, v)
-layers it wants and receives them all; every layer is addressed by the same slots, so the
-extra caches stay in step with the main one for free. Each batch names its rows'
-sequences (`seq_ids`, `prompt_lens`) for wrappers that keep per-sequence state; the
-engine tells them about forks and finished sequences through optional `fork(parent,
-child)` and `forget(seq_id)` methods.
+The model is anything satisfying models.contract.CausalLM. A wrapper that needs its own
+cache (X-LoRA's scaling pass) declares more `num_kv_layers` than it has decoder layers and
+receives them all; every layer is addressed by the same slots, so the extra caches stay in
+step with the main one for free. Each batch names its rows' sequences (`seq_ids`,
+`prompt_lens`) for models that keep per-sequence state; EngineCore tells them about forks
+and finished sequences through the model's declared `sequence_hooks`.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from mistralrs_cli.engine.scheduler import Chunk
 from mistralrs_cli.models.attention import AttentionBatch, KVLayer
-from mistralrs_cli.models.config import ModelConfig
+from mistralrs_cli.models.contract import CausalLM
 
 
-def kv_layer_count(model: nn.Module, cfg: ModelConfig) -> int:
-    """How many (k, v) pool layers the model wants (its `num_kv_layers`, else one per layer)."""
-    return int(getattr(model, "num_kv_layers", cfg.num_hidden_layers))
-
-
-def block_bytes(model: nn.Module, cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes of KV cache one block takes across all layers."""
+def block_bytes(model: CausalLM, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one block takes across all of the model's KV layers."""
+    cfg = model.config
     per_slot = 2 * cfg.num_key_value_heads * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
-    return kv_layer_count(model, cfg) * per_slot * block_size
+    return model.num_kv_layers * per_slot * block_size
 
 
 class ModelRunner:
@@ -41,20 +35,20 @@ class ModelRunner:
 
     def __init__(
         self,
-        model: nn.Module,
-        cfg: ModelConfig,
+        model: CausalLM,
         num_blocks: int,
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
+        cfg = model.config
         self.model, self.cfg = model, cfg
         self.block_size, self.device = block_size, device
         slots = 1 + num_blocks * block_size
         shape = (slots, cfg.num_key_value_heads, cfg.head_dim)
         self.kv: list[KVLayer] = [
             (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-            for _ in range(kv_layer_count(model, cfg))
+            for _ in range(model.num_kv_layers)
         ]
 
     def _block_slots(self, blocks: list[int]) -> torch.Tensor:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
@@ -32,8 +32,6 @@ from mistralrs_cli.frontends.batch_io import (
     success_record,
 )
 from mistralrs_cli.frontends.batch_store import ErrorLog, OutputWriter, errors_path, load_answered
-from mistralrs_cli.frontends.chat import sampling_values
-from mistralrs_cli.frontends.engine_setup import open_engine
 from mistralrs_cli.frontends.openai_convert import (
     chat_response,
     completion_response,
@@ -46,9 +44,8 @@ from mistralrs_cli.frontends.openai_types import (
     CompletionRequest,
     validation_message,
 )
+from mistralrs_cli.frontends.options import BatchOptions
 from mistralrs_cli.frontends.request_log import RequestLog, now_iso
-from mistralrs_cli.runner import ModeOptions
-from mistralrs_cli.spec import ModelSpec
 
 err = Console(stderr=True, highlight=False)
 
@@ -69,29 +66,26 @@ def default_output(input_file: Path) -> Path:
     return input_file.with_name(input_file.stem + ".out.jsonl")
 
 
-def run_batch(spec: ModelSpec, opts: ModeOptions) -> None:
-    """Batch mode entry: exit 0 when all lines succeeded, 1 with error records, 2 for unusable input."""
-    mo = opts.mode_options
-    input_file: Path = mo["input_file"]
+def run_batch(options: BatchOptions, open_engine: Callable[[], Engine]) -> int:
+    """Batch mode entry: 0 when all lines succeeded, 1 with error records; RequestError (exit 2) for unusable input."""
+    input_file = options.input_file
     if not input_file.is_file():
         raise RequestError(f"batch input {input_file}: no such file")
-    output: Path = mo.get("output") or default_output(input_file)
+    output = options.output or default_output(input_file)
     errors = errors_path(output)
     if input_file.resolve() in (output.resolve(), errors.resolve()):
         raise RequestError(f"the output files ({output}, {errors}) must differ from the input file")
-    defaults = sampling_values(mo.get("sampling", {}))
-    SamplingParams.from_dict(defaults)
     done_ids = load_answered(output)
     duplicates = find_duplicates(input_file)
     total = sum(1 for _ in iter_input(input_file))
-    engine = open_engine(spec, opts)
+    engine = open_engine()
     writer, error_log = OutputWriter(output), ErrorLog(errors)
-    log = RequestLog(opts.log) if opts.log is not None else None
+    log = RequestLog(options.log_file) if options.log_file is not None else None
     totals = BatchTotals()
     start = time.perf_counter()
     try:
-        asyncio.run(_run(engine, input_file, writer, error_log, done_ids, duplicates, defaults,
-                         mo.get("max_concurrency", 64), total, totals, log))
+        asyncio.run(_run(engine, input_file, writer, error_log, done_ids, duplicates, options.sampling,
+                         options.max_concurrency, total, totals, log))
         error_log.finish()
     finally:
         writer.close()
@@ -110,12 +104,11 @@ def run_batch(spec: ModelSpec, opts: ModeOptions) -> None:
         f"({rate:.1f} tok/s)",
         soft_wrap=True,
     )
-    if totals.errors:
-        raise typer.Exit(1)
+    return 1 if totals.errors else 0
 
 
 async def _run(engine: Engine, input_file: Path, writer: OutputWriter, error_log: ErrorLog, done_ids: set[str],
-               duplicates: dict[int, str], defaults: dict[str, Any], max_concurrency: int, total: int,
+               duplicates: dict[int, str], defaults: SamplingParams, max_concurrency: int, total: int,
                totals: BatchTotals, log: RequestLog | None = None) -> None:
     sem = asyncio.Semaphore(max_concurrency)
     tasks: set[asyncio.Task] = set()
@@ -161,8 +154,8 @@ async def _run(engine: Engine, input_file: Path, writer: OutputWriter, error_log
             await asyncio.gather(*list(tasks))
 
 
-async def _answer(engine: Engine, item: BatchRequest, defaults: dict[str, Any]) -> tuple[dict[str, Any], dict | None]:
-    """Run one request; every failure becomes an error record for its line."""
+async def _answer(engine: Engine, item: BatchRequest, defaults: SamplingParams) -> tuple[dict[str, Any], dict | None]:
+    """Run one request (its fields over the command line's `defaults`); every failure becomes an error record."""
     model = engine.loaded.name
     try:
         if item.url == "/v1/chat/completions":

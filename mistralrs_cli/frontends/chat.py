@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from mistralrs_cli.engine import Engine, EngineError, RequestStream, SamplingParams
 from mistralrs_cli.engine.admission import fit_prompt
 from mistralrs_cli.errors import MistralrsError, RequestError
-from mistralrs_cli.frontends.engine_setup import open_engine
+from mistralrs_cli.frontends.options import ChatOptions, explicit_values
 from mistralrs_cli.frontends.request_log import RequestLog, now_iso
-from mistralrs_cli.runner import ModeOptions
-from mistralrs_cli.spec import ModelSpec
-
-# CLI chat is greedy unless told otherwise: reproducible answers by default.
-CLI_DEFAULTS: dict[str, Any] = {"temperature": 0.0}
 
 
 def read_messages(path: Path) -> list[dict[str, Any]]:
@@ -51,11 +46,6 @@ def read_piped_prompt() -> str:
     if not text:
         raise RequestError("stdin is empty: pipe a prompt in (echo \"Hello\" | mistralrs chat) or run chat in a terminal")
     return text
-
-
-def sampling_values(options: dict[str, Any]) -> dict[str, Any]:
-    """CLI sampling flags over the chat defaults (unset flags are skipped)."""
-    return {**CLI_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
 
 
 class EngineReply:
@@ -97,22 +87,26 @@ class EngineReply:
 class EngineChatBackend:
     """Connects the REPL to the engine."""
 
-    def __init__(self, engine: Engine, defaults: dict[str, Any], log: RequestLog | None = None) -> None:
+    def __init__(self, engine: Engine, defaults: SamplingParams, log: RequestLog | None = None) -> None:
         self.engine = engine
-        self.defaults = defaults
+        self.defaults = defaults  # the command line's, validated once
         self.log = log
         self.last_request: str | None = None
 
+    def params(self, session: dict[str, Any]) -> SamplingParams:
+        """The defaults with the session's /params over them (validated again: RequestError if invalid)."""
+        return replace(self.defaults, **session) if session else self.defaults
+
     def stream_chat(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> EngineReply:
         """Submit a chat; session params override the command-line defaults."""
-        sp = SamplingParams.from_dict({**self.defaults, **params})
-        stream = self.engine.submit(messages=messages, params=sp, extensions={"xlora_scalings": True})
+        stream = self.engine.submit(messages=messages, params=self.params(params), extensions={"xlora_scalings": True})
         self.last_request = stream.request_id
-        return EngineReply(stream, self.log, {"messages": messages, "params": {**self.defaults, **params}})
+        logged = {**explicit_values(self.defaults), **params}
+        return EngineReply(stream, self.log, {"messages": messages, "params": logged})
 
     def check_params(self, params: dict[str, Any]) -> None:
         """Raise RequestError for session params no turn could use (a bad value, max_tokens past the context)."""
-        fit_prompt([0], SamplingParams.from_dict({**self.defaults, **params}), self.engine.core.limits)
+        fit_prompt([0], self.params(params), self.engine.core.limits)
 
     def describe(self) -> dict[str, Any]:
         """Model facts for the banner and /stats."""
@@ -130,21 +124,23 @@ class EngineChatBackend:
         return render_last_scalings(self.engine, self.last_request)
 
 
-def run_chat(spec: ModelSpec, opts: ModeOptions) -> None:
-    """Chat mode entry."""
-    mo = opts.mode_options
-    defaults = sampling_values(mo.get("sampling", {}))
-    SamplingParams.from_dict(defaults)  # bad flags fail before the model loads
-    one_shot = mo.get("messages") is not None or not sys.stdin.isatty()
+def run_chat(options: ChatOptions, open_engine: Callable[[], Engine]) -> int:
+    """Chat mode entry: one reply when stdin is piped or --messages is given, else the REPL; the exit code."""
+    one_shot = options.messages_file is not None or not sys.stdin.isatty()
     messages: list[dict[str, Any]] = []
-    if one_shot:
-        messages = read_messages(mo["messages"]) if mo.get("messages") is not None else [
+    if one_shot:  # read before the model loads: an empty stdin or a bad file fails at once
+        messages = read_messages(options.messages_file) if options.messages_file is not None else [
             {"role": "user", "content": read_piped_prompt()}]
-    system = mo.get("system")
-    log = RequestLog(opts.log) if opts.log is not None else None
-    engine = open_engine(spec, opts)
+    system = options.system
+    log = RequestLog(options.log_file) if options.log_file is not None else None
     try:
-        backend = EngineChatBackend(engine, defaults, log)
+        engine = open_engine()
+    except BaseException:
+        if log is not None:
+            log.close()
+        raise
+    try:
+        backend = EngineChatBackend(engine, options.sampling, log)
         if one_shot:
             head = [{"role": "system", "content": system}] if system else []
             for piece in backend.stream_chat(head + messages, {}):
@@ -152,14 +148,10 @@ def run_chat(spec: ModelSpec, opts: ModeOptions) -> None:
                 sys.stdout.flush()
             sys.stdout.write("\n")
             sys.stdout.flush()
-            return
+            return 0
         from mistralrs_cli.frontends.chat_repl import ChatRepl, ChatState
 
-        code = ChatRepl(backend, ChatState(system=system), markdown=mo.get("markdown", True)).run()
-        if code:
-            import typer
-
-            raise typer.Exit(code)
+        return ChatRepl(backend, ChatState(system=system), markdown=options.markdown).run()
     finally:
         engine.shutdown()
         if log is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from mistralrs_cli.engine import (
@@ -22,10 +23,10 @@ _OPENAI_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_pe
                   "frequency_penalty", "repetition_penalty", "logit_bias", "n")
 
 
-def sampling_params(req: ChatCompletionRequest | CompletionRequest, defaults: dict[str, Any] | None = None) -> SamplingParams:
-    """SamplingParams for a request; fields it leaves unset take `defaults` (CLI flags), then the engine's."""
-    values: dict[str, Any] = dict(defaults or {})
-    values.update({k: getattr(req, k) for k in _OPENAI_FIELDS if getattr(req, k) is not None})
+def sampling_params(req: ChatCompletionRequest | CompletionRequest,
+                    defaults: SamplingParams | None = None) -> SamplingParams:
+    """SamplingParams for a request; fields it leaves unset keep `defaults` (the CLI's; none: the engine's)."""
+    values: dict[str, Any] = {k: getattr(req, k) for k in _OPENAI_FIELDS if getattr(req, k) is not None}
     limit = req.token_limit()
     if limit is not None:
         values["max_tokens"] = limit
@@ -38,7 +39,7 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, defaults: di
     elif req.logprobs is not None:
         values["logprobs"] = True
         values["top_logprobs"] = req.logprobs
-    return SamplingParams.from_dict(values)
+    return replace(defaults or SamplingParams(), **values)  # re-validated: RequestError if invalid
 
 
 def extensions(req: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
@@ -46,13 +47,14 @@ def extensions(req: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]
     return {"xlora_scalings": True} if req.xlora_scalings else {}
 
 
-def submit_chat(engine: Engine, req: ChatCompletionRequest, defaults: dict[str, Any] | None = None) -> RequestStream:
+def submit_chat(engine: Engine, req: ChatCompletionRequest, defaults: SamplingParams | None = None) -> RequestStream:
     """Queue a chat request; raises RequestError for invalid values."""
     return engine.submit(messages=req.plain_messages(), params=sampling_params(req, defaults),
                          request_id=new_id("chatcmpl"), extensions=extensions(req))
 
 
-def submit_completions(engine: Engine, req: CompletionRequest, defaults: dict[str, Any] | None = None) -> list[RequestStream]:
+def submit_completions(engine: Engine, req: CompletionRequest,
+                       defaults: SamplingParams | None = None) -> list[RequestStream]:
     """Queue one engine request per prompt of a completions request (all or none: a bad prompt aborts the rest)."""
     params = sampling_params(req, defaults)
     streams: list[RequestStream] = []

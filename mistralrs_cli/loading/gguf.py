@@ -1,4 +1,4 @@
-"""`load_gguf(spec)`: a GGUF Mistral/Llama model (local file, folder or Hub repo) -> LoadedModel.
+"""`load_gguf(source, options, name)`: a GGUF Mistral/Llama model (local file, folder or Hub repo) -> LoadedModel.
 
 Weights: with `--dtype auto` on CPU, linears stay 4-bit (torch's int4 kernel, bf16 compute,
 f32 activations) and the embedding stays in its GGUF encoding: fast and small. An explicit
@@ -25,54 +25,58 @@ from mistralrs_cli.loading.gguf_weights import load_dense, load_quantized
 from mistralrs_cli.loading.hf_tokenizer import load_hf_tokenizer
 from mistralrs_cli.loading.loaded import LoadedModel
 from mistralrs_cli.loading.source import ModelSource
+from mistralrs_cli.loading.spec import GgufSource, LoadOptions
 from mistralrs_cli.loading.tokenizer import TextTokenizer
 from mistralrs_cli.models.config import ModelConfig
-from mistralrs_cli.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
-def resolve_gguf_path(spec: ModelSpec) -> Path:
+def resolve_gguf_path(source: GgufSource, options: LoadOptions) -> Path:
     """The local .gguf file for `-m/--quantized-model-id` and `-f/--quantized-filename`.
 
     `-f` may be a path to a file (then `-m` may be empty); otherwise it names a file inside the
     local folder or Hub repo given by `-m` (downloaded into the HF cache when needed).
     """
-    filename = spec.quantized_filename
+    filename = source.quantized_filename
     if not filename:
         raise ModelSourceError("gguf-mistral: -f/--quantized-filename is required (a .gguf file name or path)")
     direct = Path(filename).expanduser()
-    if direct.is_file() and (not spec.quantized_model_id or direct.is_absolute()):
+    if direct.is_file() and (not source.quantized_model_id or direct.is_absolute()):
         return direct
-    if not spec.quantized_model_id:
+    if not source.quantized_model_id:
         raise ModelSourceError(f"gguf-mistral: {filename}: no such file (or pass -m/--quantized-model-id)")
-    source = ModelSource(spec.quantized_model_id, spec.revision, spec.token_source)
-    return source.get(filename)
+    return ModelSource(source.quantized_model_id, options.revision, options.token_source).get(filename)
 
 
-def load_gguf(spec: ModelSpec) -> LoadedModel:
-    """Load the GGUF model described by `spec` (kind gguf-mistral or default)."""
-    return load_gguf_file(resolve_gguf_path(spec), spec)
+def load_gguf(source: GgufSource, options: LoadOptions, name: str) -> LoadedModel:
+    """Load the GGUF model of `source`; `name` is the model's display name."""
+    return load_gguf_file(resolve_gguf_path(source, options), options, name, source.tok_model_id)
 
 
-def load_gguf_file(path: Path, spec: ModelSpec) -> LoadedModel:
-    """Load a local GGUF file with the tokenizer, dtype and device options of `spec`."""
+def load_gguf_file(
+    path: Path, options: LoadOptions, name: str | None = None, tok_model_id: str | None = None
+) -> LoadedModel:
+    """Load a local GGUF file (named `name`, default its file name) with the given options.
+
+    The tokenizer is the GGUF's own, or that of the HF folder/Hub id `tok_model_id`.
+    """
     start = time.perf_counter()
     g = GGUFFile(path)
     cfg = config_from_gguf(g)
-    device = pick_device(spec.device)
-    quantized = spec.dtype == "auto" and device.type == "cpu"
+    device = pick_device(options.device)
+    quantized = options.dtype == "auto" and device.type == "cpu"
     if quantized:
         with _single_thread():
             model, kinds = load_quantized(g, cfg)
         dtype = torch.float32  # activations; the int4 matmuls compute in bf16 internally
         weights = "int4 from GGUF (torch CPU int4 matmul)"
     else:
-        dtype = pick_dtype(spec.dtype, device)
+        dtype = pick_dtype(options.dtype, device)
         model = load_dense(g, cfg, dtype, device)
         kinds = {}
         weights = f"dequantized to {str(dtype).removeprefix('torch.')}"
-    tokenizer = _tokenizer(g, spec)
+    tokenizer = _tokenizer(g, options, tok_model_id)
     tokenizer.add_eos_ids(cfg.eos_token_ids)
     _check_vocab(g, cfg, tokenizer)
     types: dict[str, int] = {}
@@ -87,8 +91,7 @@ def load_gguf_file(path: Path, spec: ModelSpec) -> LoadedModel:
         "load_seconds": round(time.perf_counter() - start, 3),
     }
     log.info("loaded %s in %.2fs (%s)", path, info["load_seconds"], weights)
-    name = spec.display_name if spec.kind != "default" else path.name
-    return LoadedModel(model, cfg, tokenizer, name, device, dtype, info)
+    return LoadedModel(model, cfg, tokenizer, name or path.name, device, dtype, info)
 
 
 @contextmanager
@@ -103,11 +106,11 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
-def _tokenizer(g: GGUFFile, spec: ModelSpec) -> TextTokenizer:
-    if spec.tok_model_id:
-        source = ModelSource(spec.tok_model_id, spec.revision, spec.token_source)
-        return load_hf_tokenizer(source, None, spec.chat_template)
-    return gguf_tokenizer(g, spec.chat_template)
+def _tokenizer(g: GGUFFile, options: LoadOptions, tok_model_id: str | None) -> TextTokenizer:
+    if tok_model_id:
+        source = ModelSource(tok_model_id, options.revision, options.token_source)
+        return load_hf_tokenizer(source, None, options.chat_template)
+    return gguf_tokenizer(g, options.chat_template)
 
 
 def _check_vocab(g: GGUFFile, cfg: ModelConfig, tokenizer: TextTokenizer) -> None:

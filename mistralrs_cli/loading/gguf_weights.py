@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -14,7 +12,7 @@ from mistralrs_cli.loading.gguf_config import check_tensor_names, unpermute_rows
 from mistralrs_cli.loading.gguf_file import GGUFFile, TensorInfo
 from mistralrs_cli.loading.quant import check_supported, dequantize
 from mistralrs_cli.loading.quant_pack import can_pack, int4_linear
-from mistralrs_cli.loading.weights import load_state_dict
+from mistralrs_cli.loading.weights import build_empty_model, load_state_dict
 from mistralrs_cli.models.config import ModelConfig
 from mistralrs_cli.models.mistral import MistralForCausalLM
 from mistralrs_cli.models.quant_linear import QuantEmbedding
@@ -52,29 +50,8 @@ def dense_state_dict(g: GGUFFile, cfg: ModelConfig, device: torch.device) -> dic
     return out
 
 
-@contextmanager
-def _no_init() -> Iterator[None]:
-    """Skip random initialisation while building on `meta` (the first meta `normal_` alone
-    costs ~1 s of one-time imports; every value is overwritten anyway)."""
-    names = ("normal_", "uniform_", "kaiming_uniform_")
-    saved = {n: getattr(nn.init, n) for n in names}
-    for n in names:
-        setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for n, fn in saved.items():
-            setattr(nn.init, n, fn)
-
-
-def empty_model(cfg: ModelConfig) -> MistralForCausalLM:
-    """The model on the meta device, built without running weight initialisation."""
-    with _no_init(), torch.device("meta"):
-        return MistralForCausalLM(cfg)
-
-
 def _expected_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
-    shapes = {k: v.shape for k, v in empty_model(cfg).state_dict().items()}
+    shapes = {k: v.shape for k, v in build_empty_model(cfg).state_dict().items()}
     if cfg.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)
     return shapes
@@ -83,7 +60,7 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
 def load_dense(g: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> MistralForCausalLM:
     """The model with every weight dequantized to `dtype` on `device` (the exact reference path)."""
     state = dense_state_dict(g, cfg, device)
-    return load_state_dict(empty_model(cfg), state, dtype, device, str(g.path))
+    return load_state_dict(build_empty_model(cfg), state, dtype, device, str(g.path))
 
 
 def load_quantized(g: GGUFFile, cfg: ModelConfig) -> tuple[MistralForCausalLM, dict[str, int]]:
@@ -94,7 +71,7 @@ def load_quantized(g: GGUFFile, cfg: ModelConfig) -> tuple[MistralForCausalLM, d
     """
     names = check_tensor_names(g, cfg)
     expected = _expected_shapes(cfg)
-    model = empty_model(cfg)
+    model = build_empty_model(cfg)
     kinds: Counter[str] = Counter()
     biases = {ours: name for ours, name in names.items() if ours.endswith(".bias")}
     plain: dict[str, torch.Tensor] = {}

@@ -12,12 +12,13 @@ from safetensors import safe_open
 
 from mistralrs_cli.errors import ConfigError, ModelSourceError, WeightError
 from mistralrs_cli.loading.devices import pick_device, pick_dtype
+from mistralrs_cli.loading.hf_config import config_from_hf
 from mistralrs_cli.loading.hf_tokenizer import load_hf_tokenizer
 from mistralrs_cli.loading.loaded import LoadedModel
 from mistralrs_cli.loading.source import ModelSource
+from mistralrs_cli.loading.spec import HfSource, LoadOptions
 from mistralrs_cli.loading.weights import build_empty_model, load_state_dict
 from mistralrs_cli.models.config import ModelConfig
-from mistralrs_cli.spec import ModelSpec
 
 
 def read_config(source: ModelSource) -> ModelConfig:
@@ -25,7 +26,7 @@ def read_config(source: ModelSource) -> ModelConfig:
     if not source.has("config.json"):
         raise ConfigError(f"{source.model_id}: missing config.json")
     path = source.get("config.json")
-    return ModelConfig.from_hf_dict(read_json(path, "config.json"), str(path))
+    return config_from_hf(read_json(path, "config.json"), str(path))
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -97,23 +98,23 @@ def iter_safetensors(paths: list[Path]) -> Iterator[tuple[str, torch.Tensor, Pat
             raise WeightError(f"{path}: unreadable safetensors ({str(e).splitlines()[0]})") from None
 
 
-def load_hf(spec: ModelSpec) -> LoadedModel:
-    """Load an HF Mistral/Llama checkpoint described by `spec`."""
-    if not spec.model_id:
+def load_hf(source: HfSource, options: LoadOptions, name: str) -> LoadedModel:
+    """Load an HF Mistral/Llama checkpoint; `name` is the model's display name."""
+    if not source.model_id:
         raise ModelSourceError("mistral: -m/--model-id is required (a local folder or a Hub id)")
-    source = ModelSource(spec.model_id, spec.revision, spec.token_source)
-    cfg = read_config(source)
-    paths = weight_paths(source, spec.weight_files)
+    files = ModelSource(source.model_id, options.revision, options.token_source)
+    cfg = read_config(files)
+    paths = weight_paths(files, source.weight_files)
     tensors: dict[str, torch.Tensor] = {}
-    for name, tensor, _ in iter_safetensors(paths):
-        tensors[name] = tensor
+    for tensor_name, tensor, _ in iter_safetensors(paths):
+        tensors[tensor_name] = tensor
     first = next(iter(tensors.values()), None)
-    device = pick_device(spec.device)
-    dtype = pick_dtype(spec.dtype, device, first.dtype if first is not None else None)
+    device = pick_device(options.device)
+    dtype = pick_dtype(options.dtype, device, first.dtype if first is not None else None)
     source_name = paths[0].parent.name if len(paths) > 1 else str(paths[0])
     model = load_state_dict(build_empty_model(cfg), tensors, dtype, device, source_name)
-    tokenizer = load_hf_tokenizer(source, spec.tokenizer_json, spec.chat_template)
+    tokenizer = load_hf_tokenizer(files, source.tokenizer_json, options.chat_template)
     tokenizer.add_eos_ids(cfg.eos_token_ids)
-    if source.has("generation_config.json"):
-        tokenizer.add_eos_ids(generation_eos_ids(source.get("generation_config.json")))
-    return LoadedModel(model, cfg, tokenizer, spec.display_name, device, dtype, {"format": "safetensors"})
+    if files.has("generation_config.json"):
+        tokenizer.add_eos_ids(generation_eos_ids(files.get("generation_config.json")))
+    return LoadedModel(model, cfg, tokenizer, name, device, dtype, {"format": "safetensors"})

@@ -9,14 +9,14 @@ import torch
 
 from mistralrs_cli.loading.tokenizer import TextTokenizer
 from mistralrs_cli.models.config import ModelConfig
-from mistralrs_cli.models.mistral import MistralForCausalLM
+from mistralrs_cli.models.contract import CausalLM
 
 
 @dataclass
 class LoadedModel:
     """A ready model: weights on their device, tokenizer, chat template and a display name."""
 
-    model: MistralForCausalLM
+    model: CausalLM  # MistralForCausalLM, or an adapter wrapper around it
     config: ModelConfig
     tokenizer: TextTokenizer
     name: str

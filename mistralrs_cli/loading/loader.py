@@ -1,4 +1,4 @@
-"""`load_model(spec)`: the one entry point from a ModelSpec to a LoadedModel."""
+"""`load_base(source, options, name)`: from a typed base source to a LoadedModel; `smoke_forward` checks it."""
 
 from __future__ import annotations
 
@@ -8,27 +8,31 @@ from contextlib import contextmanager
 
 import torch
 
-from mistralrs_cli.errors import ConfigError, MistralrsError, WeightError
+from mistralrs_cli.errors import MistralrsError, WeightError
 from mistralrs_cli.loading.loaded import LoadedModel
-from mistralrs_cli.spec import ModelSpec
+from mistralrs_cli.loading.spec import BaseSource, GgufSource, HfSource, LoadOptions
 
 log = logging.getLogger(__name__)
 
 SMOKE_TOKENS = 2
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load the model for `spec`, then choose its backend (fused int4 on CPU, kernels_cuda on CUDA).
+def load_base(source: BaseSource, options: LoadOptions, name: str) -> LoadedModel:
+    """Load the base model of `source` (HF safetensors, GGUF or the default model), named `name`.
 
-    A two-token forward ends the load: a model that can only produce NaN, or whose forward
-    fails, is refused here with one line instead of answering every request with garbage.
+    The backend is chosen and the smoke forward run by the caller, once any adapters are in place.
     """
-    from mistralrs_cli.models.backend import select_backend
+    if isinstance(source, HfSource):
+        from mistralrs_cli.loading.hf import load_hf
 
-    loaded = _load(spec)
-    loaded.info["backend"] = select_backend(loaded.model, loaded.device)
-    smoke_forward(loaded)
-    return loaded
+        return load_hf(source, options, name)
+    if isinstance(source, GgufSource):
+        from mistralrs_cli.loading.gguf import load_gguf
+
+        return load_gguf(source, options, name)
+    from mistralrs_cli.loading.default_model import load_default  # DefaultSource: named by its file
+
+    return load_default(options)
 
 
 def smoke_forward(loaded: LoadedModel) -> None:
@@ -72,28 +76,3 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
-
-
-def _load(spec: ModelSpec) -> LoadedModel:
-    """Dispatch on the spec's kind to the loader that understands it."""
-    if spec.kind == "mistral":
-        from mistralrs_cli.loading.hf import load_hf
-
-        return load_hf(spec)
-    if spec.kind in ("x-lora-mistral", "x-lora-gguf-mistral"):
-        from mistralrs_cli.adapters.load import load_xlora
-
-        return load_xlora(spec)
-    if spec.kind in ("lora-mistral", "lora-gguf-mistral"):
-        from mistralrs_cli.adapters.load import load_lora
-
-        return load_lora(spec)
-    if spec.kind == "gguf-mistral":
-        from mistralrs_cli.loading.gguf import load_gguf
-
-        return load_gguf(spec)
-    if spec.kind == "default":
-        from mistralrs_cli.loading.default_model import load_default
-
-        return load_default(spec)
-    raise ConfigError(f"{spec.kind}: not yet available in this version")

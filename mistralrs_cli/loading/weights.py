@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
+from torch import nn
 
 from mistralrs_cli.errors import WeightError
 from mistralrs_cli.models.config import ModelConfig
@@ -15,9 +17,24 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def build_empty_model(cfg: ModelConfig) -> MistralForCausalLM:
-    """Construct the model on the meta device: no memory until weights are assigned."""
-    with torch.device("meta"):
+    """Construct the model on the meta device, without weight initialisation: no memory until weights are assigned."""
+    with _no_init(), torch.device("meta"):
         return MistralForCausalLM(cfg)
+
+
+@contextmanager
+def _no_init() -> Iterator[None]:
+    """Skip random initialisation while building on `meta` (the first meta `normal_` alone
+    costs ~1 s of one-time imports; every value is overwritten anyway)."""
+    names = ("normal_", "uniform_", "kaiming_uniform_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
 
 
 def load_state_dict(

@@ -14,9 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mistralrs_cli.models import kernel_ops
 from mistralrs_cli.models.config import ModelConfig
-from mistralrs_cli.models.fused import FusedProjection
 from mistralrs_cli.models.layers import apply_rotary
 
 KVLayer = tuple[torch.Tensor, torch.Tensor]  # k and v pools, each (num_slots, n_kv, head_dim)
@@ -96,36 +94,35 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=b)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=b)
 
-    # Optional one-matmul q/k/v (models/fused.py); used only while it still matches q/k/v_proj.
-    fused_qkv: FusedProjection | None = None
-    # CUDA kernel path (models/kernel_ops.py): set by `set_kernels`, with the rope tables it needs.
-    use_kernels: bool = False
-    rope_tables: kernel_ops.RopeTables | None = None
-    window: int | None = None
+    # The two steps backend variants (models/fused.py, models/cuda_modules.py) override.
 
-    def _qkv_kernels(self, x: torch.Tensor, positions: torch.Tensor):
+    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: AttentionBatch):
+        """Rotated q (B, Q, n_heads, hd), rotated k and v (B, Q, n_kv, hd) for x (B, Q, hidden)."""
         bsz, qlen, _ = x.shape
         q = self.q_proj(x).view(bsz, qlen, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(bsz, qlen, self.n_kv, self.head_dim)
         v = self.v_proj(x).view(bsz, qlen, self.n_kv, self.head_dim)
-        q, k = kernel_ops.rope(q, k, positions, self.rope_tables)
-        return q, k, v
-
-    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        bsz, qlen, _ = x.shape
-        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
-        fused = self.fused_qkv
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        if fused is not None and fused.applies_to(*projections):
-            qkv = fused(x, *projections)  # (B, Q, (nh + 2 nkv) * hd)
-            # q and k heads are adjacent: rotate them in one go.
-            qk = apply_rotary(qkv[..., : (nh + nkv) * hd].view(bsz, qlen, nh + nkv, hd), cos, sin)
-            v = qkv[..., (nh + nkv) * hd :].view(bsz, qlen, nkv, hd)
-            return qk[:, :, :nh], qk[:, :, nh:], v
-        q = self.q_proj(x).view(bsz, qlen, nh, hd)
-        k = self.k_proj(x).view(bsz, qlen, nkv, hd)
-        v = self.v_proj(x).view(bsz, qlen, nkv, hd)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def _attend_pool(self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                     batch: AttentionBatch) -> torch.Tensor:
+        """Attention of q over each sequence's slots of the pool (new keys already written): (B, Q, n_heads, hd)."""
+        # index_select on the flat slot list: cheaper than advanced indexing per call.
+        flat = batch.ctx_slots.reshape(-1)
+        shape = (*batch.ctx_slots.shape, self.n_kv, self.head_dim)  # (B, L, n_kv, head_dim)
+        k = k_pool.index_select(0, flat).view(shape).to(q.dtype)
+        v = v_pool.index_select(0, flat).view(shape).to(q.dtype)
+        return self._sdpa(q, k, v, batch)
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),  # (B, n_heads, Q, head_dim)
+            k.transpose(1, 2),  # (B, n_kv, L, head_dim)
+            v.transpose(1, 2),
+            attn_mask=batch.additive_mask(q.dtype),
+            enable_gqa=self.n_heads != self.n_kv,
+        )
+        return out.transpose(1, 2)  # (B, Q, n_heads, head_dim)
 
     def forward(
         self,
@@ -136,30 +133,12 @@ class Attention(nn.Module):
         kv: KVLayer | None,
     ) -> torch.Tensor:
         bsz, qlen, _ = x.shape
-        kernels = self.use_kernels and batch.q_positions is not None and kernel_ops.takes(x)
-        if kernels and self.rope_tables is not None:
-            q, k, v = self._qkv_kernels(x, batch.q_positions)
-        else:
-            q, k, v = self._qkv(x, cos, sin)
+        q, k, v = self._project(x, cos, sin, batch)
         if kv is not None and batch.ctx_slots is not None:
             k_pool, v_pool = kv
             k_pool.index_copy_(0, batch.write_slots, k.reshape(-1, self.n_kv, self.head_dim).to(k_pool.dtype))
             v_pool.index_copy_(0, batch.write_slots, v.reshape(-1, self.n_kv, self.head_dim).to(v_pool.dtype))
-            if kernels:
-                out = kernel_ops.attention(q, k_pool, v_pool, batch.ctx_slots, batch.q_positions,
-                                           batch.key_positions, self.window)
-                if out is not None:
-                    return self.o_proj(out.reshape(bsz, qlen, -1))
-            # index_select on the flat slot list: cheaper than advanced indexing per call.
-            flat = batch.ctx_slots.reshape(-1)
-            shape = (*batch.ctx_slots.shape, self.n_kv, self.head_dim)  # (B, L, n_kv, head_dim)
-            k = k_pool.index_select(0, flat).view(shape).to(q.dtype)
-            v = v_pool.index_select(0, flat).view(shape).to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),  # (B, n_heads, Q, head_dim)
-            k.transpose(1, 2),  # (B, n_kv, L, head_dim)
-            v.transpose(1, 2),
-            attn_mask=batch.additive_mask(q.dtype),
-            enable_gqa=self.n_heads != self.n_kv,
-        )
-        return self.o_proj(out.transpose(1, 2).reshape(bsz, qlen, -1))
+            out = self._attend_pool(q, k_pool, v_pool, batch)
+        else:
+            out = self._sdpa(q, k, v, batch)
+        return self.o_proj(out.reshape(bsz, qlen, -1))

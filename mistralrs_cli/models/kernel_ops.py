@@ -1,39 +1,26 @@
-"""The model's bridge to kernels_cuda: the hot ops of a layer through our numba.cuda kernels.
+"""The model's bridge to kernels_cuda: a layer's hot ops as calls of our numba.cuda kernels.
 
-Modules carry a `use_kernels` flag set by `set_kernels(model, on)`; the loader turns it on for a
-CUDA model when `kernels_cuda.available()` (MISTRALRS_NO_CUDA_KERNELS=1 forces the torch path).
-Each op falls back to torch for inputs a kernel does not take (bf16, partial rotary...), so the
-flag never changes what the model computes, only how. Tests turn it on in numba's simulator.
+Pure functions over tensors; the modules that call them (models/cuda_modules.py, LoRA's
+CudaLoraLinear) are swapped in once by models/backend.py when `wants_kernels(device)`.
+Callers check `takes(...)` first and fall back to their torch parent for other inputs (bf16).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import nn
 
 from kernels_cuda.dispatch import available, kernel
 
 KERNEL_DTYPES = (torch.float16, torch.float32)
+RopeTables = Callable[[int, torch.device], tuple[torch.Tensor, torch.Tensor]]  # (needed, device) -> f32 cos, sin
 
 
 def wants_kernels(device: torch.device) -> bool:
-    """Whether a model on `device` should run its hot ops through kernels_cuda."""
+    """Whether a model on `device` should run its hot ops through kernels_cuda
+    (MISTRALRS_NO_CUDA_KERNELS=1 forces the torch path)."""
     return device.type == "cuda" and available()
-
-
-def set_kernels(model: nn.Module, on: bool) -> None:
-    """Turn the kernel path on or off for every module of the Mistral model `model`."""
-    from mistralrs_cli.models.layers import rope_inv_freq
-
-    cfg = model.config
-    # The rope kernel rotates whole heads; partial rotary stays on the torch path.
-    tables = RopeTables(rope_inv_freq(cfg)) if on and cfg.rotary_dim == cfg.head_dim else None
-    for module in model.modules():
-        if "use_kernels" in dir(module) and isinstance(module, nn.Module):
-            module.use_kernels = on
-            if hasattr(module, "rope_tables"):
-                module.rope_tables = tables
-                module.window = cfg.sliding_window
 
 
 def takes(*tensors: torch.Tensor) -> bool:
@@ -52,28 +39,14 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return kernel("silu_mul")(gate, up)
 
 
-class RopeTables:
-    """f32 cos/sin tables (max_pos, head_dim // 2) for the rope kernel, grown on demand."""
-
-    def __init__(self, inv_freq: torch.Tensor) -> None:
-        self.inv_freq = inv_freq
-        self.cos: torch.Tensor | None = None
-        self.sin: torch.Tensor | None = None
-
-    def get(self, needed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tables covering positions [0, needed)."""
-        if self.cos is None or self.cos.shape[0] < needed or self.cos.device != device:
-            size = max(needed, 2 * (self.cos.shape[0] if self.cos is not None else 1024))
-            freqs = torch.outer(torch.arange(size, device=device, dtype=torch.float32), self.inv_freq.to(device))
-            self.cos, self.sin = freqs.cos(), freqs.sin()
-        return self.cos, self.sin
-
-
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, tables: RopeTables) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q (B, Q, n_heads, hd) and k (B, Q, n_kv, hd) in HF rotate-half layout."""
+    """Rotate q (B, Q, n_heads, hd) and k (B, Q, n_kv, hd) in HF rotate-half layout.
+
+    `tables(needed, device)` gives f32 cos/sin (>= needed, hd // 2): the model's rope cache.
+    """
     bsz, qlen = q.shape[:2]
     flat_pos = positions.reshape(-1).clamp(min=0)
-    cos, sin = tables.get(int(flat_pos.max()) + 1, q.device)
+    cos, sin = tables(int(flat_pos.max()) + 1, q.device)
     q2 = q.reshape(bsz * qlen, *q.shape[2:]).contiguous()  # (T, n_heads, hd)
     k2 = k.reshape(bsz * qlen, *k.shape[2:]).contiguous()
     q2, k2 = kernel("rope")(q2, k2, flat_pos, cos, sin, False)

@@ -1,4 +1,8 @@
-"""Building blocks of the Mistral/Llama decoder: RMSNorm, rotary embeddings, SwiGLU MLP."""
+"""Building blocks of the Mistral/Llama decoder in plain torch: RMSNorm, rotary embeddings, SwiGLU MLP.
+
+Backend variants (fused int4, kernels_cuda) subclass these and are swapped in once after load
+by models/backend.py; the classes here know nothing about them.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mistralrs_cli.models import kernel_ops
 from mistralrs_cli.models.config import ModelConfig
-from mistralrs_cli.models.fused import FusedProjection
 
 
 class RMSNorm(nn.Module):
@@ -21,12 +23,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    use_kernels: bool = False  # CUDA kernel path, set by models.kernel_ops.set_kernels
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        if self.use_kernels and kernel_ops.takes(x):
-            return kernel_ops.rmsnorm(x, self.weight, self.eps)
         if dtype == torch.float32 and self.weight.dtype == torch.float32:
             # One fused op, bit-identical to the formula below in f32 (checked in the tests).
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
@@ -63,25 +61,35 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """HF rotate-half rotary embedding with a cos/sin table that grows on demand."""
+    """HF rotate-half rotary embedding over one f32 cos/sin table that grows on demand.
+
+    The table is the one rope cache of a model: the torch path reads it through `cos_sin`, the
+    rope kernel (models/cuda_modules.py) through `tables`.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self._cos: torch.Tensor | None = None
+        self._cos: torch.Tensor | None = None  # (size, rotary_dim // 2) f32
         self._sin: torch.Tensor | None = None
+
+    def tables(self, needed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """f32 cos/sin (size >= needed, rotary_dim // 2) on `device`, covering positions [0, needed)."""
+        if self._cos is None or self._cos.shape[0] < needed or self._cos.device != device:
+            size = max(needed, 2 * (self._cos.shape[0] if self._cos is not None else 1024))
+            inv_freq = rope_inv_freq(self.cfg).to(device)
+            t = torch.arange(size, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, inv_freq)  # (size, rotary_dim // 2)
+            self._cos, self._sin = freqs.cos(), freqs.sin()
+        return self._cos, self._sin
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for `positions` (any shape) -> (*positions.shape, rotary_dim), in `dtype`."""
         needed = int(positions.max()) + 1 if positions.numel() else 1
-        if self._cos is None or self._cos.shape[0] < needed or self._cos.device != positions.device:
-            size = max(needed, 2 * (self._cos.shape[0] if self._cos is not None else 1024))
-            inv_freq = rope_inv_freq(self.cfg).to(positions.device)
-            t = torch.arange(size, device=positions.device, dtype=torch.float32)
-            freqs = torch.outer(t, inv_freq)  # (size, rotary_dim // 2)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self._cos, self._sin = emb.cos(), emb.sin()
-        return self._cos[positions].to(dtype), self._sin[positions].to(dtype)
+        cos, sin = self.tables(needed, positions.device)
+        # Both halves of a rotate-half pair share a frequency: the same values HF's cat(freqs, freqs) gives.
+        cos, sin = cos[positions].to(dtype), sin[positions].to(dtype)
+        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -109,16 +117,5 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(h, i, bias=b)
         self.down_proj = nn.Linear(i, h, bias=b)
 
-    # Optional one-matmul gate/up (models/fused.py); used only while it still matches gate/up_proj.
-    fused_gate_up: FusedProjection | None = None
-
-    use_kernels: bool = False  # CUDA kernel path, set by models.kernel_ops.set_kernels
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_kernels and kernel_ops.takes(x):
-            return self.down_proj(kernel_ops.silu_mul(self.gate_proj(x), self.up_proj(x)))
-        fused = self.fused_gate_up
-        if fused is not None and fused.applies_to(self.gate_proj, self.up_proj):
-            gate, up = fused(x, self.gate_proj, self.up_proj).split(fused.sizes, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -11,6 +11,7 @@ from torch import nn
 
 from mistralrs_cli.models.attention import Attention, AttentionBatch, KVLayer
 from mistralrs_cli.models.config import ModelConfig
+from mistralrs_cli.models.contract import SequenceHooks
 from mistralrs_cli.models.layers import MLP, RMSNorm, RotaryEmbedding
 
 
@@ -41,7 +42,14 @@ class MistralBackbone(nn.Module):
 
 
 class MistralForCausalLM(nn.Module):
-    """Mistral (and Llama: no sliding window) causal LM over a padded batch and a paged KV pool."""
+    """Mistral (and Llama: no sliding window) causal LM over a padded batch and a paged KV pool.
+
+    Satisfies models.contract.CausalLM: stateless, so prefixes can be shared and there are
+    no per-sequence hooks.
+    """
+
+    prefix_cache_safe = True
+    sequence_hooks: SequenceHooks | None = None
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -51,7 +59,7 @@ class MistralForCausalLM(nn.Module):
 
     @property
     def num_kv_layers(self) -> int:
-        """How many (k, v) pool pairs the engine must allocate (wrappers may need more)."""
+        """How many (k, v) pool pairs the engine must allocate: one per decoder layer."""
         return self.config.num_hidden_layers
 
     def tie_weights(self) -> None:

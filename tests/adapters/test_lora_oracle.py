@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch import nn
 
-from mistralrs_cli.adapters import load as adapter_load
 from mistralrs_cli.adapters.lora import LoraLinear
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.spec import ModelSpec
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from tests.adapters.helpers import pool_greedy, write_adapter
 from tests.oracles.tiny_models import tiny_hf_model
 
@@ -32,9 +29,9 @@ def peft_lora(dirs):
 
 
 def ours(base_dir, dirs, merge: bool = False):
-    spec = ModelSpec(kind="lora-mistral", model_id=str(base_dir), adapter_ids=tuple(str(d) for d in dirs),
-                     dtype="f32", device="cpu", lora_merge=merge)
-    return load_model(spec)
+    spec = model_spec("lora-mistral", model_id=str(base_dir), adapter=tuple(str(d) for d in dirs),
+                      dtype="f32", device="cpu", merge=merge)
+    return build_model(spec)
 
 
 @pytest.fixture(scope="module")
@@ -131,26 +128,23 @@ def dense_twin(loaded):
 
 
 @pytest.mark.parametrize("kind", ["lora-mistral", "x-lora-mistral"])
-def test_quantized_base_linears(kind, monkeypatch, two_adapters, adapter_dirs, tmp_path, tiny_mistral_dir):
+def test_quantized_base_linears(kind, two_adapters, adapter_dirs, tmp_path, tiny_mistral_dir):
     """Adapters over quantized linears give what they give over the same weights dequantized."""
     from tests.adapters.test_xlora_oracle import build
 
     xdir, ordering, *_ = build(tmp_path, adapter_dirs, "depth1-layerwise-top2")
 
-    def spec_for(base_loader):
-        monkeypatch.setattr(adapter_load, "load_base", base_loader)
-        if kind == "lora-mistral":  # merge asked: quantized linears keep their adapters unmerged
-            return ModelSpec(kind=kind, model_id=str(tiny_mistral_dir), adapter_ids=tuple(map(str, two_adapters)),
-                             dtype="f32", device="cpu", lora_merge=True)
-        return ModelSpec(kind=kind, model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir), order=ordering,
-                         dtype="f32", device="cpu")
-
-    plain = dataclasses.replace
-    base_spec = ModelSpec(kind="mistral", model_id=str(tiny_mistral_dir), dtype="f32", device="cpu")
-    quant = load_model(spec_for(lambda spec: quantize(load_model(plain(base_spec)))))
+    if kind == "lora-mistral":  # merge asked: quantized linears keep their adapters unmerged
+        spec = model_spec(kind, model_id=str(tiny_mistral_dir), adapter=tuple(map(str, two_adapters)),
+                          dtype="f32", device="cpu", merge=True)
+    else:
+        spec = model_spec(kind, model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir), order=ordering,
+                          dtype="f32", device="cpu")
+    base_spec = model_spec("mistral", model_id=str(tiny_mistral_dir), dtype="f32", device="cpu")
+    quant = build_model(spec, base_loader=lambda *_: quantize(build_model(base_spec)))
     wrapped = [m for m in quant.model.modules() if isinstance(m, LoraLinear)]
     assert wrapped and all(isinstance(w.base, Int8Linear) for w in wrapped)
-    dense = load_model(spec_for(lambda spec: dense_twin(quantize(load_model(plain(base_spec))))))
+    dense = build_model(spec, base_loader=lambda *_: dense_twin(quantize(build_model(base_spec))))
     ids = torch.tensor([SEQ])
     with torch.no_grad():
         a = quant.model(ids, torch.arange(len(SEQ))[None])

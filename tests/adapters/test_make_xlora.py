@@ -14,8 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from mistralrs_cli.cli import app
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.spec import ModelSpec
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from tests.oracles.gguf_files import write_gguf_from_hf
 from tests.oracles.tiny_models import tiny_hf_model
 
@@ -49,10 +49,10 @@ def test_demo_writes_a_kept_folder_that_loads_as_xlora_and_lora(tiny_gguf, tmp_p
             in res.output)
     assert "mistralrs chat --max-tokens 64 lora-gguf-mistral -f ./demo/base.gguf -a ./demo/expert0" in res.output
     common = dict(quantized_filename="./demo/base.gguf", dtype="f32", device="cpu")
-    xlora = load_model(ModelSpec(kind="x-lora-gguf-mistral", xlora_model_id="./demo",
-                                 order=Path("./demo/ordering.json"), **common))
-    lora = load_model(ModelSpec(kind="lora-gguf-mistral", adapter_ids=("./demo/expert0",), **common))
-    base = load_model(ModelSpec(kind="gguf-mistral", **common))
+    xlora = build_model(model_spec("x-lora-gguf-mistral", xlora_model_id="./demo",
+                                   order=Path("./demo/ordering.json"), **common))
+    lora = build_model(model_spec("lora-gguf-mistral", adapter=("./demo/expert0",), **common))
+    base = build_model(model_spec("gguf-mistral", **common))
     assert xlora.model.adapter_names == ("expert0", "expert1")
     want = _logits(base)
     assert (_logits(xlora) - want).abs().max().item() > 1e-4  # the experts change the output

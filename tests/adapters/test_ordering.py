@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from mistralrs_cli.adapters.files import find_adapter, open_source
 from mistralrs_cli.adapters.ordering import check_layers, parse_ordering
 from mistralrs_cli.cli import app
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from mistralrs_cli.errors import AdapterError
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.spec import ModelSpec
 from tests.adapters.helpers import ALL, write_adapter, write_ordering
 from tests.adapters.test_xlora_oracle import build
 
@@ -60,9 +60,9 @@ def test_from_xlora_model_loads(tmp_path, adapter_dirs, tiny_mistral_dir):
     data = json.loads(out_file.read_text())
     assert data["order"] == ["expert_0", "expert_1"] and len(data["layers"]) == 6
     assert data == json.loads(ordering.read_text()) | {"base_model_id": str(tiny_mistral_dir)}
-    spec = ModelSpec(kind="x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir), order=out_file,
-                     dtype="f32", device="cpu")
-    assert load_model(spec).model.layer_names == tuple(data["layers"])
+    spec = model_spec("x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir), order=out_file,
+                      dtype="f32", device="cpu")
+    assert build_model(spec).model.layer_names == tuple(data["layers"])
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -117,7 +117,7 @@ def test_lora_with_ordering_names_subfolders(tmp_path, adapter_dirs, tiny_mistra
     shutil.copytree(adapter_dirs[0], repo / "first")
     write_adapter(repo / "second", seed=5, targets=("q_proj",))
     ordering = write_ordering(tmp_path / "o.json", ["first", "second"])
-    spec = ModelSpec(kind="lora-mistral", model_id=str(tiny_mistral_dir), adapter_ids=(str(repo),), order=ordering,
-                     dtype="f32", device="cpu")
-    loaded = load_model(spec)
+    spec = model_spec("lora-mistral", model_id=str(tiny_mistral_dir), adapter=(str(repo),), order=ordering,
+                      dtype="f32", device="cpu")
+    loaded = build_model(spec)
     assert loaded.info["adapters"] == ["first", "second"] and loaded.info["lora_wrapped"] == 14

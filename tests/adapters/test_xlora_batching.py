@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from mistralrs_cli.engine import EngineConfig, SamplingParams
 from mistralrs_cli.engine.core import EngineCore
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.spec import ModelSpec
 from tests.adapters.helpers import new_pool, peft_greedy, peft_xlora, step_batch
 from tests.adapters.test_xlora_oracle import build
 
@@ -75,9 +75,9 @@ def _run_group(model, pool, window, requests, seqs, outs, group, width):
 @pytest.mark.parametrize("tgt", [None, 1])
 def test_driver_alone_equals_batched(tgt, tmp_path, adapter_dirs, tiny_mistral_dir):
     xdir, ordering, dirs, settings, weights = build(tmp_path, adapter_dirs, "depth2-layerwise-temp-3ad")
-    spec = ModelSpec(kind="x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir), order=ordering,
-                     dtype="f32", device="cpu", tgt_non_granular_index=tgt)
-    model = load_model(spec).model
+    spec = model_spec("x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir), order=ordering,
+                      dtype="f32", device="cpu", tgt_non_granular_index=tgt)
+    model = build_model(spec).model
     requests = workload()
     batched = drive(model, requests)
     for i, (_, prompt, n) in enumerate(requests):
@@ -91,9 +91,9 @@ def test_driver_alone_equals_batched(tgt, tmp_path, adapter_dirs, tiny_mistral_d
 def test_engine_alone_equals_batched(tgt, tmp_path, adapter_dirs, tiny_mistral_dir):
     """Through EngineCore: chunked prefill (budget 24 tokens), 4-token blocks, arrivals mid-run."""
     xdir, ordering, dirs, settings, weights = build(tmp_path, adapter_dirs, "depth1-layerwise-top2")
-    spec = ModelSpec(kind="x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir), order=ordering,
-                     dtype="f32", device="cpu", tgt_non_granular_index=tgt)
-    loaded = load_model(spec)
+    spec = model_spec("x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir), order=ordering,
+                      dtype="f32", device="cpu", tgt_non_granular_index=tgt)
+    loaded = build_model(spec)
     requests = workload()
     config = EngineConfig(max_seqs=16, max_batched_tokens=24, block_size=4, kv_blocks=256)
     batched = run_engine(loaded, config, requests)

@@ -11,9 +11,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from mistralrs_cli.cli import app
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from mistralrs_cli.errors import AdapterError
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.spec import ModelSpec
 from tests.adapters.test_xlora_oracle import build
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
@@ -133,14 +133,14 @@ def test_missing_order_option(xlora, tiny_mistral_dir):
 
 
 def _spec(base, xdir, ordering):
-    return ModelSpec(kind="x-lora-mistral", model_id=str(base), xlora_model_id=str(xdir), order=ordering, dtype="f32", device="cpu")
+    return model_spec("x-lora-mistral", model_id=str(base), xlora_model_id=str(xdir), order=ordering, dtype="f32", device="cpu")
 
 
 def test_base_id_mismatch_warns_when_tensors_fit(xlora, tiny_mistral_dir, caplog):
     xdir, ordering = xlora
     edit_json(ordering, base_model_id="someone/another-model")
     with caplog.at_level(logging.WARNING):
-        load_model(_spec(tiny_mistral_dir, xdir, ordering))
+        build_model(_spec(tiny_mistral_dir, xdir, ordering))
     assert "someone/another-model" in caplog.text and "fits the base" in caplog.text
 
 
@@ -149,7 +149,7 @@ def test_base_id_mismatch_is_an_error_when_tensors_do_not_fit(xlora, tiny_mistra
     edit_json(xdir / "xlora_config.json", base_model_id="someone/another-model")
     _shape_mismatch(xdir, ordering)
     with pytest.raises(AdapterError, match="do not fit.*note: base model .*someone/another-model"):
-        load_model(_spec(tiny_mistral_dir, xdir, ordering))
+        build_model(_spec(tiny_mistral_dir, xdir, ordering))
 
 
 def test_classifier_in_top_level_adapter_model(xlora, tiny_mistral_dir):
@@ -157,10 +157,10 @@ def test_classifier_in_top_level_adapter_model(xlora, tiny_mistral_dir):
     xdir, ordering = xlora
     ids, pos = torch.tensor([[1, 5, 9, 13]]), torch.arange(4)[None]
     with torch.no_grad():
-        want = load_model(_spec(tiny_mistral_dir, xdir, ordering)).model(ids, pos)
+        want = build_model(_spec(tiny_mistral_dir, xdir, ordering)).model(ids, pos)
         (xdir / "xlora_classifier.safetensors").rename(xdir / "adapter_model.safetensors")
-        got = load_model(_spec(tiny_mistral_dir, xdir, ordering)).model(ids, pos)
+        got = build_model(_spec(tiny_mistral_dir, xdir, ordering)).model(ids, pos)
     assert torch.equal(got, want)
     (xdir / "adapter_model.safetensors").unlink()
     with pytest.raises(AdapterError, match="missing xlora_classifier.safetensors or adapter_model.safetensors"):
-        load_model(_spec(tiny_mistral_dir, xdir, ordering))
+        build_model(_spec(tiny_mistral_dir, xdir, ordering))

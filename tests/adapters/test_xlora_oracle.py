@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mistralrs_cli.adapters.xlora import XLoraModel
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.spec import ModelSpec
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from tests.adapters.helpers import (
     classifier_weights,
     new_pool,
@@ -60,9 +60,9 @@ def build(tmp_path, adapter_dirs, case: str, **spec_kw):
 
 
 def load_ours(base_dir, xdir, ordering, **kw) -> XLoraModel:
-    spec = ModelSpec(kind="x-lora-mistral", model_id=str(base_dir), xlora_model_id=str(xdir), order=ordering,
-                     dtype="f32", device="cpu", **kw)
-    return load_model(spec).model
+    spec = model_spec("x-lora-mistral", model_id=str(base_dir), xlora_model_id=str(xdir), order=ordering,
+                      dtype="f32", device="cpu", **kw)
+    return build_model(spec).model
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -8,10 +8,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mistralrs_cli.cli import app
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from mistralrs_cli.engine import Engine, EngineConfig, SamplingParams
 from mistralrs_cli.frontends.scalings_view import render_last_scalings
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.spec import ModelSpec
 from tests.adapters.test_xlora_oracle import build
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
@@ -37,8 +37,8 @@ def test_batch_returns_per_token_scalings(tmp_path, adapter_dirs, tiny_mistral_d
 
 def test_chat_scalings_view_colours_each_token(tmp_path, adapter_dirs, tiny_mistral_dir):
     xdir, ordering, *_ = build(tmp_path, adapter_dirs, "depth1-global-2ad")
-    loaded = load_model(ModelSpec(kind="x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir),
-                                  order=ordering, dtype="f32", device="cpu"))
+    loaded = build_model(model_spec("x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir),
+                                    order=ordering, dtype="f32", device="cpu"))
     with Engine(loaded, EngineConfig(max_seqs=4)) as engine:
         stream = engine.submit("Hello", params=SamplingParams(temperature=0, max_tokens=6),
                                extensions={"xlora_scalings": True})

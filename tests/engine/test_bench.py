@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from mistralrs_cli.bench import SMOLLM2_135M, _all_decoding_rate, _Timing, run_bench
-from mistralrs_cli.runner import base_spec
-from mistralrs_cli.spec import ModelSpec
+from mistralrs_cli.engine import Engine, EngineConfig
+from mistralrs_cli.frontends.bench import _all_decoding_rate, _Timing, run_bench
+from mistralrs_cli.frontends.options import BenchOptions
+from mistralrs_cli.loading.random_model import SMOLLM2_135M
 
 
 def test_bench_reports_every_figure(tiny_llama, capsys):
-    result = run_bench(tiny_llama, concurrency=4, tokens=5, prompt_len=8, json_out=True)
+    options = BenchOptions(concurrency=4, tokens=5, prompt_len=8, json_out=True)
+    result = run_bench(options, lambda: Engine(tiny_llama, EngineConfig(max_seqs=4)))
     out, err = capsys.readouterr()
     assert json.loads(out) == json.loads(json.dumps(result))
     assert "TTFT" in err and "throughput" in err  # the rich table goes to stderr
@@ -41,16 +42,10 @@ def test_decode_window_counts_only_tokens_while_all_decode():
 
 def test_bench_measures_the_base_model_alone_in_the_same_run(tiny_llama, capsys):
     loads = []
-    result = run_bench(tiny_llama, concurrency=2, tokens=4, prompt_len=4,
-                       baseline=lambda: loads.append(1) or tiny_llama)
+    config = EngineConfig(max_seqs=2)
+    result = run_bench(BenchOptions(concurrency=2, tokens=4, prompt_len=4), lambda: Engine(tiny_llama, config),
+                       open_baseline=lambda: loads.append(1) or Engine(tiny_llama, config))
     assert loads == [1] and "base model alone" in capsys.readouterr().err
     base = result["base_model"]
     assert base["decode_tok_s"] > 0 and base["slowdown"] == base["decode_tok_s"] / result["batch1"]["decode_tok_s"]
 
-
-def test_base_spec_drops_the_adapters():
-    xlora = ModelSpec(kind="x-lora-gguf-mistral", quantized_filename="m.gguf", xlora_model_id="x", order=Path("o.json"))
-    assert base_spec(xlora) == ModelSpec(kind="gguf-mistral", quantized_filename="m.gguf")
-    lora = ModelSpec(kind="lora-mistral", model_id="m", adapter_ids=("a",), lora_merge=True)
-    assert base_spec(lora) == ModelSpec(kind="mistral", model_id="m")
-    assert base_spec(ModelSpec(kind="mistral", model_id="m")) is None

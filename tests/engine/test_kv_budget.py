@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mistralrs_cli.engine import Engine, EngineConfig
+from mistralrs_cli.engine import Engine, EngineConfig, SamplingParams
 from mistralrs_cli.engine.config import CPU_CAP, MIB, available_ram, default_cap
 from mistralrs_cli.errors import ConfigError
 
@@ -57,5 +57,5 @@ def test_chat_stats_show_the_budget(tiny_mistral):
     from mistralrs_cli.frontends.chat import EngineChatBackend
 
     with Engine(tiny_mistral, EngineConfig(max_seqs=2)) as engine:
-        shown = EngineChatBackend(engine, {}).describe()["kv cache"]
+        shown = EngineChatBackend(engine, SamplingParams()).describe()["kv cache"]
     assert shown.startswith("0.0 MiB used of KV cache ") and "2 sequences x" in shown

@@ -84,8 +84,8 @@ def test_guard_leaves_finite_runs_alone(tiny_mistral):
 def test_chat_reply_raises_and_batch_writes_an_error_record(tiny_mistral):
     with Engine(tiny_mistral, EngineConfig(max_seqs=4)) as engine:
         _poison(engine.core, None, after=2, seed=13)
-        reply = EngineChatBackend(engine, {}).stream_chat([{"role": "user", "content": "Hi"}],
-                                                          {"seed": 13, "max_tokens": 8, "ignore_eos": True})
+        reply = EngineChatBackend(engine, SamplingParams()).stream_chat(
+            [{"role": "user", "content": "Hi"}], {"seed": 13, "max_tokens": 8, "ignore_eos": True})
         with pytest.raises(EngineError, match="non-finite logits"):
             list(reply)  # the chat REPL prints this as one error line
         body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "logit_bias": {"2": -100}}
@@ -93,7 +93,7 @@ def test_chat_reply_raises_and_batch_writes_an_error_record(tiny_mistral):
         good = BatchRequest(2, "good", "/v1/chat/completions", {**body, "seed": 14})
 
         async def both():
-            return await asyncio.gather(_answer(engine, bad, {}), _answer(engine, good, {}))
+            return await asyncio.gather(_answer(engine, bad, SamplingParams()), _answer(engine, good, SamplingParams()))
 
         (bad_record, bad_usage), (good_record, _) = asyncio.run(both())
     assert bad_record["response"] is None and bad_usage is None

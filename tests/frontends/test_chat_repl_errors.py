@@ -10,11 +10,11 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from mistralrs_cli.engine import Engine, EngineConfig
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
+from mistralrs_cli.engine import Engine, EngineConfig, SamplingParams
 from mistralrs_cli.frontends.chat import EngineChatBackend
 from mistralrs_cli.frontends.chat_repl import ChatRepl, ChatState
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.spec import ModelSpec
 from tests.frontends.repl_pty import PROMPT, spawn_repl
 from tests.oracles.tiny_models import save_tiny_folder, tiny_hf_model
 
@@ -115,9 +115,9 @@ def test_help_descriptions_line_up(tiny_mistral_dir, tmp_path):
 
 
 def test_engine_error_mid_reply_keeps_the_conversation(tiny_llama_dir, capsys):
-    loaded = load_model(ModelSpec(kind="mistral", model_id=str(tiny_llama_dir), device="cpu"))
+    loaded = build_model(model_spec("mistral", model_id=str(tiny_llama_dir), device="cpu"))
     with Engine(loaded, EngineConfig(max_seqs=2, kv_blocks=64)) as engine, create_pipe_input() as pipe:
-        repl = ChatRepl(EngineChatBackend(engine, {"temperature": 0.0, "max_tokens": 8}), ChatState(),
+        repl = ChatRepl(EngineChatBackend(engine, SamplingParams(temperature=0.0, max_tokens=8)), ChatState(),
                         markdown=False, session=PromptSession(input=pipe, output=DummyOutput()))
         repl.ask("Hello")
         before = list(repl.state.messages)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from kernels_cuda import reference as ref
+from kernels_cuda.dispatch import DISABLE_ENV
 from kernels_cuda.lora import lora_delta
 
 pytestmark = pytest.mark.cuda
@@ -62,7 +65,8 @@ def test_reference_matches_peft():
 @pytest.mark.parametrize("mix", ["tokens", "per-adapter", "none", "scalar"])
 @torch.inference_mode()
 def test_lora_linear_through_the_kernel_matches_its_torch_path(device, mix):
-    from mistralrs_cli.adapters.lora import LoraLinear
+    from mistralrs_cli.adapters.lora import CudaLoraLinear, LoraLinear
+    from mistralrs_cli.models.swap import become
 
     g = torch.Generator().manual_seed(4)
     base = torch.nn.Linear(16, 12, bias=False).to(device)
@@ -74,27 +78,59 @@ def test_lora_linear_through_the_kernel_matches_its_torch_path(device, mix):
     layer.mix = {"tokens": torch.rand(2, 3, 2, generator=g).to(device), "per-adapter": torch.tensor([0.3, 1.7]).to(device),
                  "none": None, "scalar": 0.75}[mix]
     want = layer(x)
-    layer.use_kernels = True
-    try:
-        got = layer(x)
-    finally:
-        layer.use_kernels = False
+    fast = become(copy.deepcopy(layer), CudaLoraLinear)  # what the backend does to every LoraLinear
+    got = fast(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     assert not torch.allclose(want, base(x))  # the delta is not negligible
 
 
-def test_set_kernels_reaches_lora_wrappers(tiny_mistral_dir, tmp_path):
-    from mistralrs_cli.adapters.lora import LoraLinear
-    from mistralrs_cli.loading.loader import load_model
-    from mistralrs_cli.models.kernel_ops import set_kernels
-    from mistralrs_cli.spec import ModelSpec
+def test_the_cuda_backend_reaches_lora_wrappers(tiny_mistral_dir, tmp_path):
+    from mistralrs_cli.adapters.lora import CudaLoraLinear, LoraLinear
+    from mistralrs_cli.cli.compose import build_model
+    from mistralrs_cli.cli.spec import model_spec
+    from mistralrs_cli.models.backend import use_cuda_kernels
     from tests.adapters.helpers import write_adapter
 
     adapter = write_adapter(tmp_path / "a", seed=1, targets=("q_proj", "v_proj"))
-    model = load_model(ModelSpec(kind="lora-mistral", model_id=str(tiny_mistral_dir), adapter_ids=(str(adapter),),
-                                 dtype="f32", device="cpu")).model
-    wrappers = [m for m in model.modules() if isinstance(m, LoraLinear)]
-    set_kernels(model, True)
-    assert len(wrappers) == 4 and all(w.use_kernels for w in wrappers)
-    set_kernels(model, False)
-    assert not any(w.use_kernels for w in wrappers)
+    model = build_model(model_spec("lora-mistral", model_id=str(tiny_mistral_dir), adapter=[str(adapter)],
+                                   dtype="f32", device="cpu")).model
+    fast = copy.deepcopy(model)
+    use_cuda_kernels(fast)  # what select_backend does on a CUDA device
+    wrappers = [m for m in fast.modules() if isinstance(m, LoraLinear)]
+    assert len(wrappers) == 4 and all(isinstance(w, CudaLoraLinear) for w in wrappers)
+    assert not any(isinstance(m, CudaLoraLinear) for m in model.modules())  # the torch model is untouched
+
+
+@torch.inference_mode()
+def test_xlora_through_the_kernels_matches_its_torch_path(device, tiny_mistral_dir, tmp_path, monkeypatch):
+    """X-LoRA sets each wrapper's mix around its passes: the swap must keep those very wrappers."""
+    from mistralrs_cli.adapters.lora import CudaLoraLinear
+    from mistralrs_cli.cli.compose import build_model
+    from mistralrs_cli.cli.spec import model_spec
+    from mistralrs_cli.models.attention import AttentionBatch
+    from mistralrs_cli.models.backend import use_cuda_kernels
+    from tests.adapters.test_xlora_oracle import build
+
+    # Adapters on 3 projections, 3 prompt tokens: the simulator runs every GPU thread in Python.
+    xdir, ordering, *_ = build(tmp_path, [None, None], "no-bias-subset-targets")  # writes its own adapters
+    monkeypatch.setenv(DISABLE_ENV, "1")  # the torch model, also on a GPU
+    model = build_model(model_spec("x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir),
+                                   order=ordering, dtype="f32", device=device)).model
+    fast = copy.deepcopy(model)
+    use_cuda_kernels(fast)  # what select_backend does on a CUDA device
+    assert len(fast.lora_layers) == 6 and all(isinstance(w, CudaLoraLinear) for w in fast.lora_layers)
+    dev = torch.device(device)
+    ids, pos = torch.tensor([[1, 17, 99]], device=dev), torch.arange(3, device=dev)[None]
+
+    def prefill(m):
+        cfg = m.config
+        pool = [(torch.zeros(16, cfg.num_key_value_heads, cfg.head_dim, device=dev),
+                 torch.zeros(16, cfg.num_key_value_heads, cfg.head_dim, device=dev)) for _ in range(m.num_kv_layers)]
+        batch = AttentionBatch.build(pos, pos, cfg.sliding_window, pos[0] + 1, pos + 1)
+        batch.seq_ids, batch.prompt_lens = (7,), (3,)
+        return m(ids, pos, batch, pool, torch.tensor([2], device=dev))
+
+    want = prefill(model)
+    torch.testing.assert_close(prefill(fast), want, rtol=1e-4, atol=1e-4)
+    # Not vacuous: the base alone runs every wrapper at mix None (each adapter at 1), which differs.
+    assert not torch.allclose(want, prefill(model.base))

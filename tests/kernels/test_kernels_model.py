@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+from mistralrs_cli.loading.hf_config import config_from_hf
 from mistralrs_cli.loading.weights import build_empty_model, load_state_dict
 from mistralrs_cli.models.attention import AttentionBatch
-from mistralrs_cli.models.config import ModelConfig
-from mistralrs_cli.models.kernel_ops import set_kernels
+from mistralrs_cli.models.backend import use_cuda_kernels
+from mistralrs_cli.models.cuda_modules import CudaAttention, CudaMLP, CudaRMSNorm
 from tests.oracles.tiny_models import tiny_hf_model
 
 pytestmark = pytest.mark.cuda
@@ -18,7 +21,7 @@ def _tiny(device: str):
     # Smallest shapes that still exercise GQA (2 query heads per kv head) and a sliding window.
     hf = tiny_hf_model("mistral", seed=5, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
                        num_attention_heads=2, num_key_value_heads=1, head_dim=16, vocab_size=48, sliding_window=4)
-    cfg = ModelConfig.from_hf_dict(hf.config.to_dict())
+    cfg = config_from_hf(hf.config.to_dict())
     return load_state_dict(build_empty_model(cfg), hf.state_dict(), torch.float32, torch.device(device), "tiny")
 
 
@@ -46,11 +49,13 @@ def _run(model, device: str) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.inference_mode()
 def test_model_forward_through_kernels_matches_torch(device):
     model = _tiny(device)
+    fast = copy.deepcopy(model)
+    use_cuda_kernels(fast)  # what select_backend does on a CUDA device
+    layer = fast.model.layers[0]
+    assert isinstance(layer.self_attn, CudaAttention) and isinstance(layer.mlp, CudaMLP)
+    assert isinstance(layer.input_layernorm, CudaRMSNorm)
+    assert fast.state_dict().keys() == model.state_dict().keys()
     expected = _run(model, device)
-    set_kernels(model, True)
-    try:
-        got = _run(model, device)
-    finally:
-        set_kernels(model, False)
+    got = _run(fast, device)
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)

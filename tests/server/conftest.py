@@ -17,11 +17,12 @@ import openai
 import pytest
 import uvicorn
 
+from mistralrs_cli.cli.compose import build_model
+from mistralrs_cli.cli.spec import model_spec
 from mistralrs_cli.engine import Engine, EngineConfig
+from mistralrs_cli.frontends.options import ServeOptions
 from mistralrs_cli.frontends.server import DrainingServer, bind_socket, create_app
-from mistralrs_cli.frontends.server_state import ServerConfig, ServerState
-from mistralrs_cli.loading.loader import load_model
-from mistralrs_cli.spec import ModelSpec
+from mistralrs_cli.frontends.server_state import ServerState
 
 API_KEY = "test-key-123"
 
@@ -71,7 +72,7 @@ class LiveServer:
         assert not self.thread.is_alive(), "server did not stop"
 
 
-def start_server(loaded, config: ServerConfig | None = None,
+def start_server(loaded, config: ServeOptions | None = None,
                  load: Callable[[], Engine] | None = None, engine_config: EngineConfig | None = None) -> LiveServer:
     """A LiveServer whose engine loads via `load` (default: an Engine over `loaded`); waits until ready.
 
@@ -79,8 +80,9 @@ def start_server(loaded, config: ServerConfig | None = None,
     No access log: a thread's late line would land in another test's output (test_cli_serve_names
     checks it on a real process).
     """
-    config = config or ServerConfig(host="127.0.0.1", port=0)
-    state = ServerState(replace(config, served_names=config.served_names or ("tiny",), access_log=False), "tiny")
+    config = config or ServeOptions(host="127.0.0.1", port=0)
+    state = ServerState(replace(config, served_names=config.served_names or ("tiny",), access_log=False,
+                                model_name="tiny"))
     live = LiveServer(state)
     state.start_loading(load or (lambda: Engine(loaded, engine_config or EngineConfig(max_seqs=8))))
     if load is None:
@@ -94,7 +96,7 @@ def start_server(loaded, config: ServerConfig | None = None,
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_mistral_dir):
     """The tiny Mistral, loaded once; each server builds its own Engine over it."""
-    return load_model(ModelSpec(kind="mistral", model_id=str(tiny_mistral_dir), device="cpu"))
+    return build_model(model_spec("mistral", model_id=str(tiny_mistral_dir), device="cpu"))
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +108,7 @@ def request_log(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(tiny_loaded, request_log) -> Iterator[LiveServer]:
     """The shared server: no auth, 1 MiB body limit, a request log."""
-    live = start_server(tiny_loaded, ServerConfig(host="127.0.0.1", port=0, log_file=request_log,
+    live = start_server(tiny_loaded, ServeOptions(host="127.0.0.1", port=0, log_file=request_log,
                                                   max_body_bytes=1 << 20))
     yield live
     live.stop()
@@ -115,7 +117,7 @@ def server(tiny_loaded, request_log) -> Iterator[LiveServer]:
 @pytest.fixture(scope="session")
 def auth_server(tiny_loaded) -> Iterator[LiveServer]:
     """A server that requires API_KEY."""
-    live = start_server(tiny_loaded, ServerConfig(host="127.0.0.1", port=0, api_key=API_KEY))
+    live = start_server(tiny_loaded, ServeOptions(host="127.0.0.1", port=0, api_key=API_KEY))
     yield live
     live.stop()
 
@@ -128,7 +130,7 @@ def fresh_server(tiny_loaded) -> Iterator[Callable[..., LiveServer]]:
     def make(**overrides) -> LiveServer:
         engine_config = overrides.pop("engine_config", None)
         load = overrides.pop("load", None)
-        config = replace(ServerConfig(host="127.0.0.1", port=0), **overrides)
+        config = replace(ServeOptions(host="127.0.0.1", port=0), **overrides)
         live = start_server(tiny_loaded, config, load=load, engine_config=engine_config)
         started.append(live)
         return live

@@ -13,9 +13,9 @@ import threading
 import httpx
 
 from mistralrs_cli.engine import EngineConfig
-from mistralrs_cli.frontends.server_state import ServerConfig
+from mistralrs_cli.frontends.options import ServeOptions
 
-DEFAULT_LIMIT = ServerConfig(host="127.0.0.1", port=0).max_body_bytes
+DEFAULT_LIMIT = ServeOptions(host="127.0.0.1", port=0).max_body_bytes
 
 
 def chat_body(size: int, max_tokens: int = 1) -> bytes:

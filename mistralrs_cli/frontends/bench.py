@@ -11,52 +11,14 @@ import asyncio
 import gc
 import json
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from mistralrs_cli.engine import Engine, EngineConfig, SamplingParams
+from mistralrs_cli.engine import Engine, SamplingParams
 from mistralrs_cli.engine.threads import engine_threads
-from mistralrs_cli.loading.loaded import LoadedModel
-from mistralrs_cli.loading.tokenizer import TextTokenizer
-from mistralrs_cli.models.config import ModelConfig
-from mistralrs_cli.models.mistral import MistralForCausalLM
-
-# SmolLM2-135M's shapes: the stand-in for the default model while no weights are at hand.
-SMOLLM2_135M = ModelConfig(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    head_dim=64,
-    max_position_embeddings=8192,
-    rms_norm_eps=1e-5,
-    rope_theta=100000.0,
-    tie_word_embeddings=True,
-    model_type="llama",
-)
-
-
-def random_model(cfg: ModelConfig = SMOLLM2_135M, dtype: torch.dtype = torch.float32, seed: int = 0) -> LoadedModel:
-    """A randomly initialised model of `cfg`'s shapes with a word-level tokenizer: speed only."""
-    from tokenizers import Tokenizer, models
-
-    torch.manual_seed(seed)
-    model = MistralForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02)
-    model.tie_weights()
-    model = model.to(dtype).eval()
-    vocab = {f"t{i}": i for i in range(cfg.vocab_size)}
-    tokenizer = TextTokenizer(Tokenizer(models.WordLevel(vocab, unk_token="t0")))
-    return LoadedModel(model, cfg, tokenizer, "random-smollm2-135m", torch.device("cpu"), dtype, {"format": "random"})
+from mistralrs_cli.frontends.options import BenchOptions
 
 
 @dataclass
@@ -105,31 +67,25 @@ def _run(engine: Engine, prompts: list[list[int]], tokens: int) -> tuple[list[_T
     return timings, time.perf_counter() - start
 
 
-def run_bench(
-    loaded: LoadedModel,
-    concurrency: int = 32,
-    tokens: int = 64,
-    prompt_len: int = 64,
-    json_out: bool = False,
-    config: EngineConfig | None = None,
-    seed: int = 0,
-    baseline: Callable[[], LoadedModel] | None = None,
-) -> dict[str, Any]:
-    """Measure the engine on `loaded`; print a rich table to stderr (and JSON to stdout if asked).
+def run_bench(options: BenchOptions, open_engine: Callable[[], Engine],
+              open_baseline: Callable[[], Engine] | None = None) -> dict[str, Any]:
+    """Measure the engine `open_engine` starts; print a rich table to stderr (and JSON to stdout if asked).
 
-    `baseline` (for adapter models) loads the base model alone: its batch-1 decode is measured
-    in the same run, after `loaded` is released, and reported as the adapters' slowdown.
+    `open_baseline` (for adapter models) starts the base model alone: its batch-1 decode is measured
+    in the same run, after the first engine and its model are released, and reported as the adapters' slowdown.
     """
-    config = config or EngineConfig(max_seqs=max(concurrency, 1))
-    rng = random.Random(seed)
-    vocab = loaded.config.vocab_size
+    concurrency, tokens, prompt_len = options.concurrency, options.tokens, options.prompt_len
+    rng = random.Random(options.seed)
+    vocab = 0
 
     def prompt() -> list[int]:
         return [rng.randrange(3, vocab) for _ in range(prompt_len)]
 
-    about = {"model": loaded.name, "device": str(loaded.device), "weights": loaded.weights,
-             "compute_dtype": loaded.compute_dtype, "load_s": loaded.info.get("load_seconds")}
-    with Engine(loaded, config) as engine:
+    with open_engine() as engine:
+        loaded = engine.loaded
+        vocab = loaded.config.vocab_size
+        about = {"model": loaded.name, "device": str(loaded.device), "weights": loaded.weights,
+                 "compute_dtype": loaded.compute_dtype, "load_s": loaded.info.get("load_seconds")}
         _run(engine, [prompt()], 4)  # warm-up: first-call allocations, rotary table
         (one,), _ = _run(engine, [prompt()], tokens)
         many, wall = _run(engine, [prompt() for _ in range(concurrency)], tokens)
@@ -138,10 +94,10 @@ def run_bench(
     kv_cache = engine.kv_budget.describe()
     decode_1 = _decode_rate(one)
     base_decode = None
-    if baseline is not None:
+    if open_baseline is not None:
         del loaded, engine
         gc.collect()  # one model in memory at a time
-        with Engine(baseline(), config) as base_engine:
+        with open_baseline() as base_engine:
             _run(base_engine, [prompt()], 4)
             (base_one,), _ = _run(base_engine, [prompt()], tokens)
         base_decode = _decode_rate(base_one)
@@ -177,7 +133,7 @@ def run_bench(
     if base_decode is not None:
         result["base_model"] = {"decode_tok_s": base_decode, "slowdown": base_decode / decode_1 if decode_1 else None}
     print_table(result)
-    if json_out:
+    if options.json_out:
         print(json.dumps(result, indent=2))
     return result
 
@@ -218,11 +174,3 @@ def print_table(result: dict[str, Any]) -> None:
         if base["slowdown"] is not None:
             table.add_row("adapters' decode slowdown", f"{base['slowdown']:.2f}x")
     Console(stderr=True).print(table)
-
-
-if __name__ == "__main__":  # python -m mistralrs_cli.bench [concurrency tokens prompt_len]
-    from mistralrs_cli.engine.threads import keep_main_thread_serial
-
-    keep_main_thread_serial()
-    args = [int(a) for a in sys.argv[1:4]]
-    run_bench(random_model(), *args, json_out=True)

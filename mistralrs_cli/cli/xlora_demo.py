@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from mistralrs_cli.command_errors import exit_on_user_error
+from mistralrs_cli.cli.exit_codes import exit_on_user_error
 from mistralrs_cli.errors import ConfigError, ModelSourceError
 
 # NOTE: torch and the adapter modules are imported inside the function, so that registering

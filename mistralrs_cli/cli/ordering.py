@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from mistralrs_cli.command_errors import exit_on_user_error
+from mistralrs_cli.cli.exit_codes import exit_on_user_error
 from mistralrs_cli.errors import AdapterError, ConfigError
 
 # NOTE: the adapter modules (torch, safetensors) are imported inside the functions, so that

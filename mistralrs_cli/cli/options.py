@@ -1,4 +1,4 @@
-"""Option sets declared once and shared by every mode and model subcommand (Annotated aliases)."""
+"""Typer option declarations (Annotated aliases), written once and shared by every mode and model subcommand."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mistralrs_cli.command_errors import exit_on_user_error
+from mistralrs_cli.cli.exit_codes import exit_on_user_error
 
 
 def pull_default_model() -> None:

@@ -1,0 +1,133 @@
+"""The mode groups (chat, batch, serve, bench): their options, recorded as typed flags for compose.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from mistralrs_cli.cli import options as o
+from mistralrs_cli.cli.compose import run_model_command
+from mistralrs_cli.cli.mode_flags import (
+    BatchFlags,
+    BenchFlags,
+    ChatFlags,
+    Invocation,
+    ModeFlags,
+    SamplingFlags,
+    ServeFlags,
+)
+
+
+class InterspersedGroup(TyperGroup):
+    """A mode group whose options may follow its positional argument (`batch IN.jsonl -o OUT mistral ...`).
+
+    Everything before the first model subcommand belongs to the mode; the rest to the subcommand.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Parse the mode's own arguments, leaving the model subcommand and its options for later."""
+        split = next((i for i, a in enumerate(args) if a in self.commands), len(args))
+        ctx.allow_interspersed_args = True
+        rest = click.Command.parse_args(self, ctx, args[:split]) + args[split:]
+        if rest:
+            ctx._protected_args, ctx.args = rest[:1], rest[1:]
+        return ctx.args
+
+
+chat_app = typer.Typer(help="Chat with a model in the terminal (one-shot when stdin is not a terminal).")
+batch_app = typer.Typer(cls=InterspersedGroup, help="Run a JSONL file of requests through the engine; resumable.")
+serve_app = typer.Typer(help="Serve an OpenAI-compatible HTTP API.")
+bench_app = typer.Typer(help="Measure TTFT, prefill, batch-1 decode and N-way throughput on a model (adapter models: also the base alone).")
+MODES = {"chat": chat_app, "batch": batch_app, "serve": serve_app, "bench": bench_app}
+
+
+@chat_app.callback(invoke_without_command=True)
+def chat(
+    ctx: typer.Context,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    messages: Annotated[
+        Path | None, typer.Option("--messages", help="Non-interactive: read a JSON list of chat messages from this file ('-' = stdin).")
+    ] = None,
+    no_markdown: Annotated[bool, typer.Option("--no-markdown", help="Print replies as plain text.")] = False,
+    temperature: o.Temperature = None,
+    top_p: o.TopP = None,
+    top_k: o.TopK = None,
+    max_tokens: o.MaxTokens = None,
+    seed: o.Seed = None,
+) -> None:
+    """Chat with the model; pick a model subcommand or use the embedded default."""
+    _choose(ctx, ChatFlags(system, messages, not no_markdown, SamplingFlags(temperature, top_p, top_k, max_tokens, seed)))
+
+
+@batch_app.callback(invoke_without_command=True)
+def batch(
+    ctx: typer.Context,
+    input_file: Annotated[Path, typer.Argument(help="JSONL requests (OpenAI Batch API lines or {prompt|messages}).")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output JSONL of answers (default: INPUT.out.jsonl); errors go to OUT.errors.jsonl. Re-running resumes: answered lines are kept, errors retried.")] = None,
+    max_concurrency: Annotated[int, typer.Option("--max-concurrency", min=1, help="Most requests in flight at once.")] = 64,
+    temperature: o.Temperature = None,
+    top_p: o.TopP = None,
+    top_k: o.TopK = None,
+    max_tokens: o.BatchMaxTokens = None,
+    seed: o.Seed = None,
+) -> None:
+    """Answer every line of a JSONL file; outputs are flushed per line."""
+    _choose(ctx, BatchFlags(input_file, output, max_concurrency, SamplingFlags(temperature, top_p, top_k, max_tokens, seed)))
+
+
+@serve_app.callback(invoke_without_command=True)
+def serve(
+    ctx: typer.Context,
+    port: o.Port = None,
+    serve_ip: o.ServeIp = "127.0.0.1",
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="MISTRALRS_API_KEY", help="Require this Bearer token on /v1 "
+                                 "routes. Prefer the MISTRALRS_API_KEY variable or --api-key-file: a key on the "
+                                 "command line shows in `ps`.")
+    ] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option("--api-key-file", metavar="<file>", help="Read the API key from this file "
+                                  "(one line; overrides MISTRALRS_API_KEY).")
+    ] = None,
+    allowed_hosts: Annotated[
+        list[str] | None,
+        typer.Option("--allowed-hosts", metavar="<names>", help="Host names accepted besides localhost, "
+                     "127.0.0.1 and [::1] (repeatable or comma-separated; * for any). Requests naming others "
+                     "get 400, which stops DNS-rebinding web pages."),
+    ] = None,
+    served_model_name: Annotated[
+        list[str] | None,
+        typer.Option("--served-model-name", metavar="<name>", help="Name clients use for the model (repeatable; default: the model's "
+                     "name). Requests naming another model get 404 model_not_found."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No access-log line per request on stderr.")] = False,
+) -> None:
+    """Serve /v1/chat/completions, /v1/completions and /v1/models."""
+    # By name: typer's and click's ParameterSource enums are distinct classes.
+    if api_key_file is not None and getattr(ctx.get_parameter_source("api_key"), "name", "") == "ENVIRONMENT":
+        api_key = None  # the file, given on the command line, overrides the environment
+    _choose(ctx, ServeFlags(port, serve_ip, api_key, api_key_file, allowed_hosts, served_model_name, quiet))
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Concurrent requests for the throughput run.")] = 32,
+    tokens: Annotated[int, typer.Option("--tokens", min=2, help="Tokens generated per request.")] = 64,
+    prompt_len: Annotated[int, typer.Option("--prompt-len", min=1, help="Prompt length in tokens.")] = 64,
+    json_out: Annotated[bool, typer.Option("--json", help="Also print the result as JSON on stdout.")] = False,
+) -> None:
+    """Benchmark the engine on the chosen model (default: the embedded model)."""
+    _choose(ctx, BenchFlags(concurrency, tokens, prompt_len, json_out))
+
+
+def _choose(ctx: typer.Context, flags: ModeFlags) -> None:
+    """Record the mode; without a model subcommand, run it on the embedded default model now."""
+    state: Invocation = ctx.obj
+    state.mode = flags
+    if ctx.invoked_subcommand is None:
+        run_model_command(ctx, "default", {})
