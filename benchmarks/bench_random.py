@@ -1,8 +1,6 @@
 """`mistralrs bench` on a random SmolLM2-135M-shaped model: engine speed without downloading weights.
 
     python benchmarks/bench_random.py [concurrency tokens prompt_len]
-
-(What `python -m mistralrs_cli.bench` did before bench moved to mistralrs_cli/frontends/bench.py.)
 """
 
 from __future__ import annotations

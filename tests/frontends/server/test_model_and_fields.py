@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from mistralrs_cli.frontends.openai_types import IGNORED
-from tests.server.conftest import LiveServer
+from tests.frontends.server.conftest import LiveServer
 
 MSG = [{"role": "user", "content": "Hi"}]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}

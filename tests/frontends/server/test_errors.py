@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from tests.server.conftest import API_KEY, LiveServer
+from tests.frontends.server.conftest import API_KEY, LiveServer
 
 MSG = [{"role": "user", "content": "Hi"}]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from mistralrs_cli.engine import EngineConfig
-from tests.server.conftest import slow_down
+from tests.frontends.server.conftest import slow_down
 
-_spec = importlib.util.spec_from_file_location("load_test", Path(__file__).parents[2] / "benchmarks" / "load_test.py")
+_spec = importlib.util.spec_from_file_location("load_test", Path(__file__).parents[3] / "benchmarks" / "load_test.py")
 load_test = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("load_test", load_test)  # dataclasses look their module up there
 _spec.loader.exec_module(load_test)

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.test_hub_cache import _make_cache
+from tests.loading.test_hub_cache import _make_cache
 
 NOT_CACHED = "is not in the local Hugging Face cache and"
 

@@ -14,7 +14,7 @@ MAX_SEQS = 4
 
 @pytest.fixture(scope="module")
 def live(tiny_loaded):
-    from tests.server.conftest import start_server
+    from tests.frontends.server.conftest import start_server
 
     server = start_server(tiny_loaded, engine_config=EngineConfig(max_seqs=MAX_SEQS))
     yield server

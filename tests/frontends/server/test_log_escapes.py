@@ -10,7 +10,7 @@ import time
 import httpx
 
 from mistralrs_cli.frontends.request_log import RequestLog
-from tests.server.conftest import LiveServer
+from tests.frontends.server.conftest import LiveServer
 
 MSG = [{"role": "user", "content": "Hi"}]
 NO_EOS = {"logit_bias": {"2": -100}}  # the tiny model's EOS id: requests run to max_tokens

@@ -12,6 +12,7 @@ from mistralrs_cli.cli.spec import model_spec
 from mistralrs_cli.errors import GGUFError, ModelSourceError, WeightError
 from mistralrs_cli.models.fused import FusedInt4Attention, FusedInt4MLP, FusedProjection
 from mistralrs_cli.models.quant_linear import Int4Linear, QuantEmbedding, block_n
+from tests.models.test_model_oracle import _greedy_with_pool
 from tests.oracles.gguf_files import (
     byte_level_tokenizer_metadata,
     dequantized_copy,
@@ -21,7 +22,6 @@ from tests.oracles.gguf_files import (
     write_gguf_from_hf,
 )
 from tests.oracles.tiny_models import save_tiny_folder, tiny_hf_model
-from tests.test_model_oracle import _greedy_with_pool
 
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType

@@ -10,7 +10,7 @@ import torch
 
 from mistralrs_cli.loading.gguf import load_gguf_file
 from mistralrs_cli.loading.spec import LoadOptions
-from tests.test_model_oracle import _greedy_with_pool
+from tests.models.test_model_oracle import _greedy_with_pool
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.server.conftest import LiveServer
+from tests.frontends.server.conftest import LiveServer
 
 MSG = [{"role": "user", "content": "Hello there"}]
 

@@ -12,8 +12,8 @@ from mistralrs_cli.loading.gguf_file import GGUFFile
 from mistralrs_cli.loading.gguf_tokenizer import gguf_tokenizer
 from mistralrs_cli.loading.hf_tokenizer import load_hf_tokenizer
 from mistralrs_cli.loading.token_bound import token_bound
+from tests.loading.test_gguf_tokenizer import _spm_file
 from tests.oracles.tiny_models import write_tiny_tokenizer
-from tests.test_gguf_tokenizer import _spm_file
 
 # Runs a token of the longest kind would swallow whole, control bytes byte-level vocabularies lack,
 # combining marks NFC composes, CJK, emoji, unpaired-free random Unicode.

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.server.conftest import LiveServer
+from tests.frontends.server.conftest import LiveServer
 
 pytest.importorskip("schemathesis")
 

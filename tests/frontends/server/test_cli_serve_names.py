@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mistralrs_cli.cli import app
 from tests.adapters.helpers import classifier_weights, write_adapter, write_ordering, write_xlora
-from tests.server.conftest import ServerProcess
+from tests.frontends.server.conftest import ServerProcess
 
 MSG = [{"role": "user", "content": "Hi"}]
 ACCESS = r'127\.0\.0\.1:\d+ - "{method} {path} HTTP/1\.1" {status}'

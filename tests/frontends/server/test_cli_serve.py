@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mistralrs_cli.cli import app
-from tests.server.conftest import ServerProcess
+from tests.frontends.server.conftest import ServerProcess
 
 MSG = [{"role": "user", "content": "Hi"}]
 

@@ -12,7 +12,7 @@ import pytest
 
 from mistralrs_cli.engine import Engine, EngineConfig
 from mistralrs_cli.errors import ConfigError
-from tests.server.conftest import LiveServer, slow_down
+from tests.frontends.server.conftest import LiveServer, slow_down
 
 MSG = [{"role": "user", "content": "Hi"}]
 NO_EOS = {"logit_bias": {"2": -100}}  # the tiny model's EOS id: sampled requests then run to max_tokens

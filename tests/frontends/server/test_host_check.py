@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mistralrs_cli.cli import app
 from mistralrs_cli.frontends.server_http import host_allowed, host_name, is_loopback
-from tests.server.conftest import LiveServer
+from tests.frontends.server.conftest import LiveServer
 
 MSG = [{"role": "user", "content": "Hi"}]
 
