@@ -10,12 +10,12 @@ tests check on the real default model and on small files written in the tests.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from mistralrs_cli.errors import TokenizerError
+from mistralrs_cli.loading.byte_level import byte_alphabet
 from mistralrs_cli.loading.chat_template import ChatTemplate, read_template_override
 from mistralrs_cli.loading.gguf_file import GGUFFile
 from mistralrs_cli.loading.tokenizer import TextTokenizer
@@ -43,22 +43,8 @@ _SPLITS = {
 }
 
 
-@lru_cache(maxsize=1)
-def _byte_alphabet() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (the alphabet of byte-level vocabularies)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 def _byte_level(tokens: list[str], merges: list[str], pre: str | None, prefix: bool) -> Tokenizer:
-    alphabet = _byte_alphabet()
+    alphabet = byte_alphabet()
     letters = set(alphabet.values())
     # Some converters store added tokens in plain text; spell them in the byte alphabet like the rest.
     vocab = {
@@ -182,7 +168,7 @@ def gguf_tokenizer(g: GGUFFile, chat_template_override: str | None = None) -> Te
 def _add_special_tokens(tok: Tokenizer, g: GGUFFile, tokens: list[str], specials: dict, byte_level: bool) -> None:
     types = g.get("tokenizer.ggml.token_type")
     types = list(types) if types is not None and len(types) == len(tokens) else [0] * len(tokens)
-    letters = set(_byte_alphabet().values()) if byte_level else None
+    letters = set(byte_alphabet().values()) if byte_level else None
     # Control tokens (<|im_start|>...) are matched whole and skipped when decoding; in a byte-level
     # vocabulary one spelled outside the byte alphabet is a converter mislabel and is left alone.
     control = [t for t, ty in zip(tokens, types, strict=True) if ty == CONTROL and (letters is None or set(t) <= letters)]

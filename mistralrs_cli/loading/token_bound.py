@@ -15,6 +15,8 @@ from typing import Any
 
 from tokenizers import Tokenizer, pre_tokenizers
 
+from mistralrs_cli.loading.byte_level import byte_alphabet
+
 # Normalizers that never make the text shorter, and by how much the others can.
 _KEEP_NORMALIZERS = {"Prepend", "Lowercase", "NFD", "NFKD"}
 # NFC/NFKC compose: one output character stands for at most 4 code points (the longest
@@ -117,24 +119,10 @@ def _dropped(tok: Tokenizer, byte_level: bool, vocab: dict[str, int]) -> str | N
     # Byte-level: a byte missing from the vocabulary vanishes. Real vocabularies lack a few
     # control bytes and bytes UTF-8 never uses (C0, F5..FF); a character with a missing lead
     # byte still keeps its continuation bytes, so only missing ASCII characters vanish whole.
-    to_byte = {c: b for b, c in enumerate(_BYTE_ORDER)}
+    to_byte = {c: b for b, c in byte_alphabet().items()}
     missing = [to_byte[c] for c in pre_tokenizers.ByteLevel.alphabet() if c not in vocab]
     if any(0x80 <= b < 0xC0 for b in missing):
         return None
     return "".join(chr(b) for b in sorted(missing) if b < 0x80)
 
 
-def _byte_order() -> str:
-    """GPT-2's byte -> character table, as a string indexed by byte."""
-    visible = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in visible:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return "".join(table[b] for b in range(256))
-
-
-_BYTE_ORDER = _byte_order()
