@@ -36,8 +36,7 @@ class FusedProjection:
     def applies_to(self, *modules: nn.Module) -> bool:
         """True while each given module is the source it replaces, or a delta wrapper around it."""
         return len(modules) == len(self.sources) and all(
-            m is s or (getattr(m, "base", None) is s and hasattr(m, "delta"))
-            for m, s in zip(modules, self.sources, strict=True)
+            _source(m) is s for m, s in zip(modules, self.sources, strict=True)
         )
 
     def __call__(self, x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
