@@ -72,6 +72,9 @@ def root(
     kv_cache_mem: Annotated[
         float | None, typer.Option("--kv-cache-mem", help="KV cache budget in MiB (default: what --max-seqs x the context can use, at most 1 GiB on CPU or half the free GPU memory).")
     ] = None,
+    compile_step: Annotated[
+        bool, typer.Option("--compile", help="Experimental: decode through a torch.compile'd step (CPU, needs g++; the first decode of each batch size compiles for up to minutes, cached on disk).")
+    ] = False,
     chat_template: Annotated[
         str | None, typer.Option("-c", "--chat-template", help="Jinja chat template (file, or JSON file with 'chat_template') overriding the model's.")
     ] = None,
@@ -84,7 +87,7 @@ def root(
         raise typer.BadParameter("--port and -i/--interactive exclude each other")
     ctx.obj = Invocation(GlobalOptions(
         port=port, serve_ip=serve_ip, log=log, truncate_sequence=truncate_sequence, max_seqs=max_seqs,
-        prefix_cache=prefix_cache, no_kv_cache=no_kv_cache, kv_cache_mem=kv_cache_mem,
+        prefix_cache=prefix_cache, no_kv_cache=no_kv_cache, kv_cache_mem=kv_cache_mem, compile=compile_step,
         chat_template=chat_template, interactive=interactive, debug=debug,
     ))
     if ctx.invoked_subcommand is None:

@@ -70,6 +70,7 @@ def engine_config(options: GlobalOptions, spec: ModelSpec) -> EngineConfig:
         prefix_caching=options.prefix_cache,
         no_kv_cache=options.no_kv_cache,
         repeat_last_n=spec.repeat_last_n,
+        compile=options.compile,
     )
 
 

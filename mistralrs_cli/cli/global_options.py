@@ -22,6 +22,7 @@ class GlobalOptions:
     prefix_cache: bool = False
     no_kv_cache: bool = False
     kv_cache_mem: float | None = None
+    compile: bool = False
     chat_template: str | None = None
     interactive: bool = False
     debug: bool = False

@@ -33,6 +33,9 @@ class EngineConfig:
     max_model_len: int | None = None  # context cap; default: the model's max_position_embeddings
     repeat_last_n: int = 64  # default repetition-penalty window for requests that give none
     threads: int | None = None  # torch CPU threads of the engine thread (see engine/threads.py)
+    # Decode steps through one torch.compile'd graph per batch bucket (engine/compiled_step.py);
+    # CPU only, needs a C++ compiler, compiles on first use (blocking). Opt-in while experimental.
+    compile: bool = False
 
     def resolved(self, device: torch.device, max_position_embeddings: int) -> EngineConfig:
         """A copy with every None replaced by the device default, after checking the values."""

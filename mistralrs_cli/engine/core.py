@@ -59,7 +59,7 @@ class EngineCore:
         sharing = self.config.prefix_caching and model.prefix_cache_safe
         self.blocks = BlockManager(num_blocks, bs, cfg.sliding_window, sharing)
         self.scheduler = Scheduler(self.blocks, self.config.max_seqs, self.config.max_batched_tokens)
-        self.runner = ModelRunner(model, num_blocks, bs, loaded.dtype, loaded.device)
+        self.runner = ModelRunner(model, num_blocks, bs, loaded.dtype, loaded.device, compile=self.config.compile)
         # Read once: a stateful model's per-sequence state follows our forks and finishes.
         self.hooks: SequenceHooks | None = model.sequence_hooks
         chunk = self.config.max_batched_tokens

@@ -12,12 +12,16 @@ receives them all; every layer is addressed by the same slots, so the extra cach
 step with the main one for free. Each batch names its rows' sequences (`seq_ids`,
 `prompt_lens`) for models that keep per-sequence state; EngineCore tells them about forks
 and finished sequences through the model's declared `sequence_hooks`.
+
+With `compile`, decode groups run through one compiled graph per batch bucket
+(engine/compiled_step.py) where the model and device allow it; prefill stays eager.
 """
 
 from __future__ import annotations
 
 import torch
 
+from mistralrs_cli.engine.compiled_step import CompiledDecode
 from mistralrs_cli.engine.scheduler import Chunk
 from mistralrs_cli.models.attention import AttentionBatch, KVLayer
 from mistralrs_cli.models.contract import CausalLM
@@ -40,6 +44,7 @@ class ModelRunner:
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
+        compile: bool = False,
     ) -> None:
         cfg = model.config
         self.model, self.cfg = model, cfg
@@ -50,6 +55,7 @@ class ModelRunner:
             (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(model.num_kv_layers)
         ]
+        self.compiled = CompiledDecode.create(model, self.kv, device) if compile else None
 
     def _block_slots(self, blocks: list[int]) -> torch.Tensor:
         """Slot ids of whole blocks, (len(blocks) * block_size,)."""
@@ -106,8 +112,13 @@ class ModelRunner:
         k_valid = k_cols < k_len[:, None]  # (B, L)
         k_pos = torch.where(k_valid, kv_start[:, None] + k_cols, -1)
         # Index tensors are built on the CPU (cheap, no syncs) and moved once.
+        write, ctx = slots(q_pos, q_valid), slots(k_pos, k_valid)
+        if self.compiled is not None and q_len == 1:
+            logits = self.compiled(ids, q_pos, write, ctx, k_pos)
+            if logits is not None:
+                return logits
         dev = self.device
-        write, ctx = slots(q_pos, q_valid).to(dev), slots(k_pos, k_valid).to(dev)
+        write, ctx = write.to(dev), ctx.to(dev)
         q_pos = q_pos.to(dev)
         batch = AttentionBatch.build(q_pos, k_pos.to(dev), self.cfg.sliding_window, write, ctx)
         batch.seq_ids = tuple(c.seq.seq_id for c in group)

@@ -50,8 +50,9 @@ class AttentionBatch:
                 self._additive[dtype] = additive.masked_fill_(~self.mask, float("-inf"))
         return self._additive[dtype]
 
-    @staticmethod
+    @classmethod
     def build(
+        cls,
         q_positions: torch.Tensor,
         key_positions: torch.Tensor,
         window: int | None,
@@ -69,8 +70,8 @@ class AttentionBatch:
         mask[..., 0] |= empty
         if write_slots is None:
             write_slots = torch.zeros(q_positions.numel(), dtype=torch.long, device=q_positions.device)
-        return AttentionBatch(write_slots.reshape(-1), ctx_slots, mask.unsqueeze(1),
-                              q_positions=q_positions, key_positions=key_positions)
+        return cls(write_slots.reshape(-1), ctx_slots, mask.unsqueeze(1),
+                   q_positions=q_positions, key_positions=key_positions)
 
     @staticmethod
     def no_cache(positions: torch.Tensor, window: int | None) -> AttentionBatch:

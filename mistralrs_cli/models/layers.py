@@ -87,9 +87,17 @@ class RotaryEmbedding(nn.Module):
         """cos/sin for `positions` (any shape) -> (*positions.shape, rotary_dim), in `dtype`."""
         needed = int(positions.max()) + 1 if positions.numel() else 1
         cos, sin = self.tables(needed, positions.device)
-        # Both halves of a rotate-half pair share a frequency: the same values HF's cat(freqs, freqs) gives.
-        cos, sin = cos[positions].to(dtype), sin[positions].to(dtype)
-        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+        return lookup_cos_sin(cos, sin, positions, dtype)
+
+
+def lookup_cos_sin(cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows `positions` (any shape, all within the tables) of the f32 tables `RotaryEmbedding.tables`
+    returns -> (*positions.shape, rotary_dim) in `dtype`. No data-dependent step, so a compiled graph
+    can take the tables as inputs (engine/compiled_step.py)."""
+    # Both halves of a rotate-half pair share a frequency: the same values HF's cat(freqs, freqs) gives.
+    cos, sin = cos[positions].to(dtype), sin[positions].to(dtype)
+    return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

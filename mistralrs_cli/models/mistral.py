@@ -78,9 +78,24 @@ class MistralForCausalLM(nn.Module):
         m = self.model
         x = m.embed_tokens(input_ids)  # a module call: GGUF embeddings stay quantized
         cos, sin = m.rotary.cos_sin(positions.clamp(min=0), x.dtype)  # (B, Q, rotary_dim)
-        for i, layer in enumerate(m.layers):
+        return self.decoder_stack(x, cos, sin, batch, kv)
+
+    def decoder_stack(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        batch: AttentionBatch,
+        kv: list[KVLayer] | None,
+    ) -> torch.Tensor:
+        """The decoder layers and final norm over embedded x (B, Q, hidden) and its rotary cos/sin.
+
+        Shared by `hidden_states` and the compiled decode step (engine/compiled_step.py), which
+        looks cos/sin up itself (`layers.lookup_cos_sin`) so its graph has no data-dependent step.
+        """
+        for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, batch, kv[i] if kv is not None else None)
-        return m.norm(x)
+        return self.model.norm(x)
 
     def forward(
         self,
