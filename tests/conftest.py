@@ -12,6 +12,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+# The command line compiles the decode step by default: tests that spawn or invoke `mistralrs`
+# stay eager (and fast) unless they pass --compile.
+os.environ.setdefault("MISTRALRS_COMPILE", "0")
+
 # Keep the suite predictable on the 2-core CI machine.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

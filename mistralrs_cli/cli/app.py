@@ -1,4 +1,4 @@
-"""The Typer app: modes (chat, batch, serve, bench) x model subcommands, plus the original top-level form.
+"""The Typer app: modes (chat, batch, serve, bench, compile) x model subcommands, plus the original top-level form.
 
 The CLI only parses: the root records the global options, a mode records its flags, and each
 model subcommand turns its options into one ModelSpec that `compose.run_mode` runs.
@@ -73,8 +73,8 @@ def root(
         float | None, typer.Option("--kv-cache-mem", help="KV cache budget in MiB (default: what --max-seqs x the context can use, at most 1 GiB on CPU or half the free GPU memory).")
     ] = None,
     compile_step: Annotated[
-        bool, typer.Option("--compile", help="Experimental: decode through a torch.compile'd step (CPU, needs g++; the first decode of each batch size compiles for up to minutes, cached on disk).")
-    ] = False,
+        bool | None, typer.Option("--compile/--no-compile", envvar="MISTRALRS_COMPILE", show_default=False, help="Decode through a torch.compile'd step (default: on where it can run: CPU with g++; each batch size compiles in the background on first use, eager meanwhile, cached on disk). --no-compile: always eager.")
+    ] = None,
     chat_template: Annotated[
         str | None, typer.Option("-c", "--chat-template", help="Jinja chat template (file, or JSON file with 'chat_template') overriding the model's.")
     ] = None,

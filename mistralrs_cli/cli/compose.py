@@ -23,6 +23,7 @@ from mistralrs_cli.cli.mode_flags import (
     BatchFlags,
     BenchFlags,
     ChatFlags,
+    CompileFlags,
     Invocation,
     ModeFlags,
     ServeFlags,
@@ -138,7 +139,40 @@ def dispatch(flags: ModeFlags, spec: ModelSpec, g: GlobalOptions) -> int:
         # The server loads in a background thread while it answers 503: no spinner.
         run_serve(flags.options(g, spec), engine_factory(spec, config, spinner=False))
         return 0
+    if isinstance(flags, CompileFlags):
+        return _compile(spec, config)
     return _bench(flags, spec, g, config)
+
+
+def _compile(spec: ModelSpec, config: EngineConfig) -> int:
+    """Compile the decode step of every batch bucket up to --max-seqs (inductor's on-disk cache keeps
+    them for later runs); one line per bucket with its seconds. Exit 1 when one cannot compile."""
+    import time
+
+    from mistralrs_cli.engine.compiled_step import batch_bucket, unsupported
+    from mistralrs_cli.engine.core import EngineCore
+    from mistralrs_cli.engine.threads import engine_threads
+
+    loaded = _build_showing_status(spec)
+    why = unsupported(loaded.model, loaded.device)
+    if why is not None:
+        print(f"mistralrs compile: {why}", file=sys.stderr)
+        return 1
+    core = EngineCore(loaded, replace(config, compile=True))
+    compiled = core.runner.compiled
+    assert compiled is not None
+    compiled.threads = engine_threads(config.threads)  # the kernels' OpenMP width: the engine thread's
+    top = batch_bucket(core.config.max_seqs)
+    print(f"Compiling the decode step of {spec.display_name} for batch sizes 1..{top} into {compiled.cache_dir}", flush=True)
+    failed = 0
+    for bucket in (1 << i for i in range(top.bit_length())):
+        start = time.perf_counter()
+        why = compiled.compile_bucket(bucket)
+        took = time.perf_counter() - start
+        print(f"  batch {bucket}: " + (f"compiled in {took:.1f} s" if why is None else f"failed after {took:.1f} s ({why})"),
+              flush=True)
+        failed += why is not None
+    return 1 if failed else 0
 
 
 def _bench(flags: BenchFlags, spec: ModelSpec, g: GlobalOptions, config: EngineConfig) -> int:

@@ -22,7 +22,7 @@ class GlobalOptions:
     prefix_cache: bool = False
     no_kv_cache: bool = False
     kv_cache_mem: float | None = None
-    compile: bool = False
+    compile: bool | None = False  # None: where it can run (the command line's default)
     chat_template: str | None = None
     interactive: bool = False
     debug: bool = False
@@ -34,6 +34,6 @@ class GlobalOptions:
                               f"(or drop the mode: `mistralrs --port {self.port} MODEL`), not with {mode}")
         if mode != "serve" and self.serve_ip != DEFAULT_HOST:
             raise ConfigError(f"--serve-ip only applies to serving, not to {mode}")
-        if mode == "bench" and self.log is not None:
-            raise ConfigError("--log records requests of chat, batch and serve; bench makes synthetic ones and logs none")
+        if mode in ("bench", "compile") and self.log is not None:
+            raise ConfigError(f"--log records requests of chat, batch and serve; {mode} logs none")
 

@@ -125,7 +125,14 @@ class BenchFlags:
                             json_out=self.json_out)
 
 
-ModeFlags = ChatFlags | BatchFlags | ServeFlags | BenchFlags
+@dataclass(frozen=True)
+class CompileFlags:
+    """`mistralrs compile`: warm the compiled decode step's on-disk cache (no frontend)."""
+
+    mode: ClassVar[str] = "compile"
+
+
+ModeFlags = ChatFlags | BatchFlags | ServeFlags | BenchFlags | CompileFlags
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The mode groups (chat, batch, serve, bench): their options, recorded as typed flags for compose.py."""
+"""The mode groups (chat, batch, serve, bench, compile): their options, recorded as typed flags for compose.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from mistralrs_cli.cli.mode_flags import (
     BatchFlags,
     BenchFlags,
     ChatFlags,
+    CompileFlags,
     Invocation,
     ModeFlags,
     SamplingFlags,
@@ -42,7 +43,9 @@ chat_app = typer.Typer(help="Chat with a model in the terminal (one-shot when st
 batch_app = typer.Typer(cls=InterspersedGroup, help="Run a JSONL file of requests through the engine; resumable.")
 serve_app = typer.Typer(help="Serve an OpenAI-compatible HTTP API.")
 bench_app = typer.Typer(help="Measure TTFT, prefill, batch-1 decode and N-way throughput on a model (adapter models: also the base alone).")
-MODES = {"chat": chat_app, "batch": batch_app, "serve": serve_app, "bench": bench_app}
+compile_app = typer.Typer(help="Compile the decode step for batch sizes 1..--max-seqs into the on-disk cache, so that later runs "
+                          "start compiled (CPU; needs g++).")
+MODES = {"chat": chat_app, "batch": batch_app, "serve": serve_app, "bench": bench_app, "compile": compile_app}
 
 
 @chat_app.callback(invoke_without_command=True)
@@ -123,6 +126,12 @@ def bench(
 ) -> None:
     """Benchmark the engine on the chosen model (default: the embedded model)."""
     _choose(ctx, BenchFlags(concurrency, tokens, prompt_len, json_out))
+
+
+@compile_app.callback(invoke_without_command=True)
+def compile_step(ctx: typer.Context) -> None:
+    """Warm inductor's cache with the chosen model's decode step (default: the embedded model)."""
+    _choose(ctx, CompileFlags())
 
 
 def _choose(ctx: typer.Context, flags: ModeFlags) -> None:

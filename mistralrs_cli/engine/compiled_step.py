@@ -1,4 +1,4 @@
-"""The compiled decode step (opt-in: `EngineConfig.compile`, `mistralrs --compile`).
+"""The compiled decode step (`EngineConfig.compile`; the command line's default on CPU, `--no-compile` off).
 
 A decode group (every row Q = 1) runs as one torch.compile'd graph (inductor's C++/OpenMP code on
 CPU) instead of ~40 eager ops per layer. Shapes are static inside a batch bucket:
@@ -12,6 +12,10 @@ through `MistralForCausalLM.decoder_stack`; only the embedding, the rotary looku
 graph inputs: `layers.lookup_cos_sin`) and the head are called from here. The paged KV pool is
 passed as tensors and written in place (`index_copy_`); its size is dynamic too. Prefill stays eager.
 
+A bucket's graph compiles in a background thread, from dummy inputs of its shapes, while the
+engine runs that bucket eagerly (`CompiledDecode`); inductor's on-disk cache keeps it for later
+runs (`mistralrs compile` warms it).
+
 NOTE: each (runner, bucket) compiles its own copy of `_decode_step`'s code object, so its dynamo
 cache holds exactly one graph: buckets and engines never count against each other's recompile
 limit, and a recompile inside a bucket shows in dynamo's counters (the tests assert there is none).
@@ -23,10 +27,10 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import types
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -36,7 +40,7 @@ import torch.nn.functional as F
 from mistralrs_cli.loading.default_model import cache_dir
 from mistralrs_cli.models.attention import AttentionBatch, KVLayer
 from mistralrs_cli.models.contract import CausalLM
-from mistralrs_cli.models.layers import lookup_cos_sin
+from mistralrs_cli.models.layers import lookup_cos_sin, rope_inv_freq
 from mistralrs_cli.models.mistral import MistralForCausalLM
 
 log = logging.getLogger(__name__)
@@ -143,37 +147,148 @@ def _fresh_copy(fn: types.FunctionType) -> types.FunctionType:
 
 
 class CompiledDecode:
-    """Runs decode groups of one model and KV pool through one compiled graph per batch bucket."""
+    """Runs decode groups of one model and KV pool through one compiled graph per batch bucket.
+
+    A bucket's graph is compiled once, with dummy inputs of its shapes (a small pool: the pool's
+    size and the context width are dynamic dimensions). With `background` (the default) that
+    happens in a worker thread while the caller decodes the group eagerly (`__call__` returns
+    None), so a compile never blocks the engine; the bucket switches to its graph once it is ready.
+    Without it (tests, `mistralrs compile`) the first call of a bucket compiles in place.
+    """
+
+    background = True  # compile in a worker thread (False: block the calling thread)
 
     def __init__(self, model: MistralForCausalLM, kv: list[KVLayer], device: torch.device, cache_dir: Path) -> None:
         self.model, self.kv, self.device = model, kv, device
         self.steps: dict[int, Callable[..., torch.Tensor]] = {}  # batch bucket -> its compiled step
-        self.failed: str | None = None  # why the compiled path stopped (then every group runs eagerly)
+        self.ready: dict[int, threading.Event] = {}  # batch bucket -> set once compiled (or failed)
+        self.failed: dict[int, str] = {}  # batch bucket -> why it stays eager
+        self.calls = 0  # decode groups that ran through a compiled graph
+        self.hold: threading.Event | None = None  # test hook: the worker waits for it before compiling
         self.cache_dir = cache_dir  # inductor's on-disk caches
+        self.threads: int | None = None  # the engine thread's torch threads (the kernels' OpenMP width)
+        self._lock = threading.Lock()
         # The pool's size depends on the memory budget (and the available RAM): a dynamic dimension,
         # so inductor's cached graphs serve every budget.
         for pool in (t for layer in kv for t in layer):
             torch._dynamo.maybe_mark_dynamic(pool, 0)
 
     @classmethod
-    def create(cls, model: CausalLM, kv: list[KVLayer], device: torch.device) -> CompiledDecode | None:
-        """The compiled step for `model`, or None (with one warning line) where it cannot run."""
+    def create(cls, model: CausalLM, kv: list[KVLayer], device: torch.device, quiet: bool = False) -> CompiledDecode | None:
+        """The compiled step for `model`, or None where it cannot run: with one warning line, or
+        (`quiet`: compiling was not asked for, only allowed) an info line."""
         cache = use_inductor_cache_dir()  # before torch._inductor is imported (it sets a default)
         why = unsupported(model, device)
         if why is not None:
-            log.warning("--compile: %s; decoding eagerly", why)
+            log.log(logging.INFO if quiet else logging.WARNING, "--compile: %s; decoding eagerly", why)
             return None
         assert isinstance(model, MistralForCausalLM)
         # Inductor's C++ codegen says so for every GGUF model (f16 block scales beside bf16 activations).
         warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed in the scheduler node", category=UserWarning)
         return cls(model, kv, device, cache)
 
-    def _step_for(self, bucket: int) -> Callable[..., torch.Tensor]:
-        step = self.steps.get(bucket)
-        if step is None:
-            step = torch.compile(_fresh_copy(_decode_step), fullgraph=True, dynamic=False)
-            self.steps[bucket] = step
-        return step
+    # --- inputs ---
+    def _inputs(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        write_slots: torch.Tensor,
+        ctx_slots: torch.Tensor,
+        key_positions: torch.Tensor,
+        kv: list[KVLayer],
+        tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple:
+        """`_decode_step`'s arguments for a decode group, padded to its buckets, on the device
+        (`tables`: the rope tables, else the model's)."""
+        rows, keys = ctx_slots.shape
+        pad_rows, pad_keys = batch_bucket(rows) - rows, ctx_bucket(keys) - keys
+        ids = F.pad(ids, (0, 0, 0, pad_rows))
+        positions = F.pad(positions, (0, 0, 0, pad_rows), value=-1)
+        write_slots = F.pad(write_slots.reshape(rows), (0, pad_rows))
+        ctx_slots = F.pad(ctx_slots, (0, pad_keys, 0, pad_rows))
+        key_positions = F.pad(key_positions, (0, pad_keys, 0, pad_rows), value=-1)
+        dev = self.device
+        cos, sin = tables or self.model.model.rotary.tables(int(positions.max()) + 1, dev)
+        ctx_slots, key_positions = ctx_slots.to(dev), key_positions.to(dev)
+        # One graph for every context width of the bucket, and for every size of the rope tables.
+        for tensor, dim in ((ctx_slots, 1), (key_positions, 1), (cos, 0), (sin, 0)):
+            torch._dynamo.maybe_mark_dynamic(tensor, dim)
+        return (self.model, ids.to(dev), positions.to(dev), write_slots.to(dev), ctx_slots, key_positions, kv, cos, sin)
+
+    def _dummy_pool(self) -> list[KVLayer]:
+        """A small KV pool shaped like ours (created like ModelRunner's: outside inference mode)."""
+        with torch.inference_mode(False):
+            pool = [tuple(torch.zeros((3 * CTX_BLOCK + 1, *t.shape[1:]), dtype=t.dtype, device=t.device) for t in layer)
+                    for layer in self.kv]
+        for t in (t for layer in pool for t in layer):
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+        return pool  # type: ignore[return-value]
+
+    # --- compiling ---
+    def compile_bucket(self, bucket: int) -> str | None:
+        """Compile (or load from inductor's cache) the graph of `bucket`, with dummy inputs; None
+        when it is ready, else why it failed (the bucket then stays eager)."""
+        step = torch.compile(_fresh_copy(_decode_step), fullgraph=True, dynamic=False)
+        keys = CTX_BLOCK
+        with torch.inference_mode():  # as ModelRunner.run: grad mode is part of the graph's guards
+            positions = torch.full((bucket, 1), keys - 1)
+            # Rope tables of our own (the model's grow in the engine thread meanwhile), inference
+            # tensors or not as the model's are: that is part of the graph's guards too.
+            rotary = self.model.model.rotary
+            with torch.inference_mode(rotary._cos is not None and rotary._cos.is_inference()):
+                freqs = torch.outer(torch.arange(2 * keys, dtype=torch.float32, device=self.device),
+                                    rope_inv_freq(rotary.cfg).to(self.device))
+                tables = (freqs.cos(), freqs.sin())
+            args = self._inputs(torch.zeros(bucket, 1, dtype=torch.long), positions, torch.ones(bucket, 1, dtype=torch.long),
+                                torch.ones(bucket, keys, dtype=torch.long), torch.arange(keys).expand(bucket, keys).clone(),
+                                self._dummy_pool(), tables)
+            try:
+                import torch._inductor.config as inductor_config
+
+                # Without "duck shapes", dimensions that happen to be equal now (a context width and the
+                # rope tables' length) are not assumed equal for ever. The kernels' OpenMP width is the
+                # engine thread's, whichever thread compiles them.
+                threads = self.threads or torch.get_num_threads()
+                with torch.fx.experimental._config.patch(use_duck_shape=False), inductor_config.patch({"cpp.threads": threads}):
+                    step(*args)
+            except Exception as e:  # noqa: BLE001 - a compiler error, a graph break, an inductor bug: stay eager
+                why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                self.failed[bucket] = why
+                log.warning("compiling the decode step for batch bucket %d failed (%s); it stays eager", bucket, why)
+                log.debug("the compiled decode step's failure", exc_info=True)
+                return why
+        self.steps[bucket] = step
+        return None
+
+    def _work(self, bucket: int) -> None:
+        # NOTE: no torch.set_num_threads(1) here: torch's thread count is one process-wide value that
+        # at::parallel_for reads, so it would make the engine thread serial. Tracing runs on fake
+        # tensors and inductor's C++ builds are subprocesses; only the one dummy run of the new graph
+        # starts an OpenMP pool in this thread, and it goes when the thread ends (one per compile).
+        if self.hold is not None:
+            self.hold.wait()
+        try:
+            with self._lock:  # one compile at a time
+                self.compile_bucket(bucket)
+        finally:
+            self.ready[bucket].set()
+
+    def _start(self, bucket: int) -> None:
+        """Compile `bucket` once: in a thread of its own, or here without `background`."""
+        if bucket in self.ready:
+            return
+        if self.threads is None:
+            self.threads = torch.get_num_threads()  # called from the engine thread
+        self.ready[bucket] = threading.Event()
+        if not self.background:
+            self.compile_bucket(bucket)
+            self.ready[bucket].set()
+            return
+        threading.Thread(target=self._work, args=(bucket,), name=f"mistralrs-compile-{bucket}", daemon=True).start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every bucket asked for so far is compiled (or failed); False on timeout."""
+        return all(event.wait(timeout) for event in list(self.ready.values()))
 
     def __call__(
         self,
@@ -184,33 +299,22 @@ class CompiledDecode:
         key_positions: torch.Tensor,
     ) -> torch.Tensor | None:
         """f32 logits (B, vocab) for a decode group's CPU index tensors (ids/positions/write_slots (B, 1),
-        ctx_slots/key_positions (B, L), as the eager path builds them), or None: run it eagerly."""
-        if self.failed is not None:
+        ctx_slots/key_positions (B, L), as the eager path builds them), or None: run it eagerly (its
+        bucket's graph is not ready yet, and is then being compiled, or failed)."""
+        rows = ctx_slots.shape[0]
+        bucket = batch_bucket(rows)
+        self._start(bucket)
+        step = self.steps.get(bucket)
+        if step is None:
             return None
-        rows, keys = ctx_slots.shape
-        pad_rows, pad_keys = batch_bucket(rows) - rows, ctx_bucket(keys) - keys
-        ids = F.pad(ids, (0, 0, 0, pad_rows))
-        positions = F.pad(positions, (0, 0, 0, pad_rows), value=-1)
-        write_slots = F.pad(write_slots.reshape(rows), (0, pad_rows))
-        ctx_slots = F.pad(ctx_slots, (0, pad_keys, 0, pad_rows))
-        key_positions = F.pad(key_positions, (0, pad_keys, 0, pad_rows), value=-1)
-        dev = self.device
-        cos, sin = self.model.model.rotary.tables(int(positions.max()) + 1, dev)
-        ctx_slots, key_positions = ctx_slots.to(dev), key_positions.to(dev)
-        # One graph for every context width of the bucket, and for every size of the rope tables.
-        for tensor, dim in ((ctx_slots, 1), (key_positions, 1), (cos, 0), (sin, 0)):
-            torch._dynamo.maybe_mark_dynamic(tensor, dim)
-        first = len(ids) not in self.steps
-        step = self._step_for(len(ids))
         try:
-            # NOTE: the first call compiles. Without "duck shapes", dimensions that happen to be equal
-            # then (a context width and the rope tables' length) are not assumed equal for ever.
-            with torch.fx.experimental._config.patch(use_duck_shape=False) if first else nullcontext():
-                logits = step(self.model, ids.to(dev), positions.to(dev), write_slots.to(dev), ctx_slots,
-                              key_positions, self.kv, cos, sin)
-        except Exception as e:  # noqa: BLE001 - a compiler error, a graph break, an inductor bug: stay eager
-            self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            log.warning("compiled decode step failed (%s); decoding eagerly from now on", self.failed)
+            logits = step(*self._inputs(ids, positions, write_slots, ctx_slots, key_positions, self.kv))
+        except Exception as e:  # noqa: BLE001 - an inductor bug at run time: this bucket stays eager
+            why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            self.failed[bucket] = why
+            del self.steps[bucket]
+            log.warning("the compiled decode step for batch bucket %d failed (%s); it stays eager", bucket, why)
             log.debug("the compiled decode step's failure", exc_info=True)
             return None
+        self.calls += 1
         return logits[:rows]

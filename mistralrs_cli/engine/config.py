@@ -34,8 +34,9 @@ class EngineConfig:
     repeat_last_n: int = 64  # default repetition-penalty window for requests that give none
     threads: int | None = None  # torch CPU threads of the engine thread (see engine/threads.py)
     # Decode steps through one torch.compile'd graph per batch bucket (engine/compiled_step.py);
-    # CPU only, needs a C++ compiler, compiles on first use (blocking). Opt-in while experimental.
-    compile: bool = False
+    # CPU only, needs a C++ compiler; each bucket compiles in the background on first use (eager
+    # meanwhile). True: warn where it cannot run; None: where it can, silently (the CLI's default).
+    compile: bool | None = False
 
     def resolved(self, device: torch.device, max_position_embeddings: int) -> EngineConfig:
         """A copy with every None replaced by the device default, after checking the values."""

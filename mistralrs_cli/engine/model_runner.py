@@ -14,7 +14,8 @@ step with the main one for free. Each batch names its rows' sequences (`seq_ids`
 and finished sequences through the model's declared `sequence_hooks`.
 
 With `compile`, decode groups run through one compiled graph per batch bucket
-(engine/compiled_step.py) where the model and device allow it; prefill stays eager.
+(engine/compiled_step.py) where the model and device allow it, once that graph is ready
+(it compiles in the background; eager meanwhile); prefill stays eager.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class ModelRunner:
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
-        compile: bool = False,
+        compile: bool | None = False,
     ) -> None:
         cfg = model.config
         self.model, self.cfg = model, cfg
@@ -55,7 +56,7 @@ class ModelRunner:
             (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(model.num_kv_layers)
         ]
-        self.compiled = CompiledDecode.create(model, self.kv, device) if compile else None
+        self.compiled = CompiledDecode.create(model, self.kv, device, quiet=compile is None) if compile is not False else None
 
     def _block_slots(self, blocks: list[int]) -> torch.Tensor:
         """Slot ids of whole blocks, (len(blocks) * block_size,)."""

@@ -77,10 +77,13 @@ class RotaryEmbedding(nn.Module):
         """f32 cos/sin (size >= needed, rotary_dim // 2) on `device`, covering positions [0, needed)."""
         if self._cos is None or self._cos.shape[0] < needed or self._cos.device != device:
             size = max(needed, 2 * (self._cos.shape[0] if self._cos is not None else 1024))
-            inv_freq = rope_inv_freq(self.cfg).to(device)
-            t = torch.arange(size, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, inv_freq)  # (size, rotary_dim // 2)
-            self._cos, self._sin = freqs.cos(), freqs.sin()
+            # Plain tensors even when grown under inference mode (the engine's): usable outside it,
+            # and the same kind for the compiled decode step's guards (engine/compiled_step.py).
+            with torch.inference_mode(False):
+                inv_freq = rope_inv_freq(self.cfg).to(device)
+                t = torch.arange(size, device=device, dtype=torch.float32)
+                freqs = torch.outer(t, inv_freq)  # (size, rotary_dim // 2)
+                self._cos, self._sin = freqs.cos(), freqs.sin()
         return self._cos, self._sin
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -145,3 +145,57 @@ def test_weight_file_selects_a_specific_file(tiny_mistral_dir, tmp_path):
     assert code == 0, out
     base_code, base_out = _run(["chat", "--max-tokens", "6", "mistral", "-m", str(tiny_mistral_dir)])
     assert (code, out) == (base_code, base_out)
+
+
+@pytest.mark.parametrize(
+    "env, args, want",
+    [(None, [], None), (None, ["--compile"], True), (None, ["--no-compile"], False), ("0", [], False), ("1", [], True),
+     ("1", ["--no-compile"], False)],
+)
+def test_compile_flag_and_default(monkeypatch, env, args, want):
+    # The command line compiles where it can (None) unless --no-compile or MISTRALRS_COMPILE=0
+    # (which tests/conftest.py sets for the suite); EngineConfig's own default stays eager.
+    from mistralrs_cli.cli import compose
+    from mistralrs_cli.engine import EngineConfig
+
+    seen = []
+
+    def capture(options, spec):
+        seen.append(options.compile)
+        raise SystemExit(0)
+
+    if env is None:
+        monkeypatch.delenv("MISTRALRS_COMPILE", raising=False)
+    else:
+        monkeypatch.setenv("MISTRALRS_COMPILE", env)
+    monkeypatch.setattr(compose, "engine_config", capture)
+    code, out = _run([*args, "chat", "mistral", "-m", "some/model"])
+    assert code == 0, out
+    assert seen == [want]
+    assert EngineConfig().compile is False
+
+
+def test_compile_command_warms_every_bucket(tiny_mistral_dir, monkeypatch):
+    # Without a real compile (torch.compile is the identity here; the real one is slow, see
+    # tests/engine/test_compiled_step.py): one line per batch bucket up to --max-seqs.
+    import torch
+
+    from mistralrs_cli.engine import compiled_step
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(compiled_step, "cxx_compiler", lambda: "c++")
+    code, out = _run(["--max-seqs", "3", "compile", "mistral", "-m", str(tiny_mistral_dir)])
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith("Compiling the decode step of ") and "batch sizes 1..4 into" in lines[0]
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["batch 1", "batch 2", "batch 4"]
+    assert all("compiled in" in line for line in lines[1:])
+
+
+def test_compile_command_without_a_compiler(tiny_mistral_dir, monkeypatch):
+    from mistralrs_cli.engine import compiled_step
+
+    monkeypatch.setattr(compiled_step, "cxx_compiler", lambda: None)
+    code, out = _run(["compile", "mistral", "-m", str(tiny_mistral_dir)])
+    assert code == 1
+    assert "no C++ compiler" in out
