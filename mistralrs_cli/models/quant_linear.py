@@ -8,6 +8,8 @@ an 8-bit one (Q8_0, or 5-bit types) splits into a high-nibble and a low-nibble t
 outputs add up. The kernel is fast only with bf16 inputs (f32/f16 take a slow reference path,
 ~30x slower, measured), so inputs are cast to bf16 and outputs back to the caller's dtype.
 The module exposes `in_features`, `out_features` and `weight_f32()` so adapters can wrap it.
+Another matmul (models/matmul_candidates.py) may take over from `large_m` rows on, or below it,
+when models/matmul_choice.py measured one faster on this CPU (`use_matmuls`).
 """
 
 from __future__ import annotations
@@ -89,6 +91,15 @@ class Int4Linear(nn.Module):
             self.register_buffer(f"packed{i}", packed)  # (N_padded, K/2) uint8
             self.register_buffer(f"scale_zero{i}", scale_zero)  # (K/32, N_padded, 2) bf16
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
+        # Optional other kernels (matmul_candidates: objects with `matmul(x) -> f32` and
+        # `compilable`), chosen per batch size at load; None means this layer's int4 terms.
+        self.small: object | None = None
+        self.large: object | None = None
+        self.large_m = 8
+
+    def use_matmuls(self, small: object | None, large: object | None, large_m: int) -> None:
+        """Route inputs of fewer than `large_m` rows to `small`, others to `large` (None: int4)."""
+        self.small, self.large, self.large_m = small, large, large_m
 
     @classmethod
     def from_codes(
@@ -113,17 +124,25 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = None
-        for packed, scale_zero in self.terms():
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, GROUP, scale_zero)
-            y = out if y is None else y + out
-        if y.shape[-1] != self.out_features:
-            y = y[:, : self.out_features]
-        y = y.to(x.dtype)
+        x2 = x.reshape(-1, self.in_features)
+        # Shape-only branch (torch.compile specializes on it); kernels torch.compile cannot trace
+        # (numba, TorchScript packed weights) serve eager calls only.
+        other = self.large if x2.shape[0] >= self.large_m else self.small
+        if other is not None and (other.compilable or not torch.compiler.is_compiling()):
+            y = other.matmul(x2).to(x.dtype)
+        else:
+            y = self._int4(x2).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.view(*shape[:-1], self.out_features)
+
+    def _int4(self, x2: torch.Tensor) -> torch.Tensor:
+        xb = x2.to(torch.bfloat16)
+        y = None
+        for packed, scale_zero in self.terms():
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, GROUP, scale_zero)
+            y = out if y is None else y + out
+        return y[:, : self.out_features] if y.shape[-1] != self.out_features else y
 
     def weight_f32(self) -> torch.Tensor:
         """The effective weight (N, K) in f32, for adapters, merging and tests."""
