@@ -66,8 +66,8 @@ def root(
         int | None, typer.Option("--max-seqs", min=1, help="Most sequences running at once (default 32 on CPU, 128 on GPU).")
     ] = None,
     prefix_cache: Annotated[
-        bool, typer.Option("--prefix-cache", help="Share the KV cache of identical prompt prefixes between requests.")
-    ] = False,
+        bool, typer.Option("--prefix-cache/--no-prefix-cache", help="Share the KV cache of identical prompt prefixes between requests (on by default; models whose KV depends on more than the tokens, like X-LoRA with frozen scalings, never share).")
+    ] = True,
     no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="Recompute the whole sequence every step (debugging).")] = False,
     kv_cache_mem: Annotated[
         float | None, typer.Option("--kv-cache-mem", help="KV cache budget in MiB (default: what --max-seqs x the context can use, at most 1 GiB on CPU or half the free GPU memory).")

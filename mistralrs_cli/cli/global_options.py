@@ -19,7 +19,7 @@ class GlobalOptions:
     log: Path | None = None
     truncate_sequence: bool = False
     max_seqs: int | None = None
-    prefix_cache: bool = False
+    prefix_cache: bool = True
     no_kv_cache: bool = False
     kv_cache_mem: float | None = None
     compile: bool | None = False  # None: where it can run (the command line's default)

@@ -27,7 +27,7 @@ class EngineConfig:
     # of the available RAM) on CPU and half the free memory on a GPU
     kv_cache_mem_mb: int | None = None
     kv_blocks: int | None = None  # exact pool size in blocks (overrides kv_cache_mem_mb)
-    prefix_caching: bool = False  # share full prompt blocks between requests
+    prefix_caching: bool = True  # share full prompt blocks between requests (where the model allows it)
     truncate_sequence: bool = False  # drop the prompt's start instead of rejecting a long prompt
     no_kv_cache: bool = False  # recompute the whole sequence every step (slow; for debugging)
     max_model_len: int | None = None  # context cap; default: the model's max_position_embeddings
