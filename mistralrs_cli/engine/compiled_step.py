@@ -286,6 +286,16 @@ class CompiledDecode:
             return
         threading.Thread(target=self._work, args=(bucket,), name=f"mistralrs-compile-{bucket}", daemon=True).start()
 
+    def status(self) -> dict[int, str]:
+        """Batch bucket -> "ready", "compiling" or "eager (why)", for every bucket met so far."""
+        out = {}
+        for bucket, event in sorted(self.ready.items()):
+            if bucket in self.failed:
+                out[bucket] = f"eager ({self.failed[bucket]})"
+            else:
+                out[bucket] = "ready" if event.is_set() and bucket in self.steps else "compiling"
+        return out
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every bucket asked for so far is compiled (or failed); False on timeout."""
         return all(event.wait(timeout) for event in list(self.ready.values()))

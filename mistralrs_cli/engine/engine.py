@@ -94,6 +94,17 @@ class Engine:
         """Counters as of the end of the last engine step."""
         return self._stats
 
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Wait until the compiled decode step of every batch size met so far is ready (or failed
+        and stays eager); True at once when not compiling, False on timeout. For benchmarks."""
+        compiled = self.core.runner.compiled
+        return compiled is None or compiled.wait(timeout)
+
+    def compile_status(self) -> dict[int, str] | None:
+        """Batch bucket -> "ready" | "compiling" | "eager (why)" of the compiled decode step; None when not compiling."""
+        compiled = self.core.runner.compiled
+        return None if compiled is None else compiled.status()
+
     def _publish(self, stats: EngineStats) -> None:
         self._stats = stats  # one reference assignment: atomic for readers in other threads
 

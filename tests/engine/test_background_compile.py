@@ -40,13 +40,16 @@ def test_the_first_answer_does_not_wait_for_the_compile(tiny_mistral, no_compile
     config = EngineConfig(max_seqs=2, block_size=4, kv_blocks=128)
     with Engine(tiny_mistral, config) as engine:
         want = [engine.generate(t, params=_greedy(6)) for t in ("Hello world", "this is")]
+        assert engine.compile_status() is None and engine.wait_compiled(0) is True  # not compiling
     with Engine(tiny_mistral, replace(config, compile=True)) as engine:
         compiled = engine.core.runner.compiled
         compiled.hold = threading.Event()  # the compile thread waits until the first answer is out
         first = engine.generate("Hello world", params=_greedy(6))
         assert compiled.calls == 0 and not compiled.ready[1].is_set()
+        assert engine.compile_status() == {1: "compiling"} and engine.wait_compiled(0.01) is False
         compiled.hold.set()
-        assert compiled.wait(60)
+        assert engine.wait_compiled(60)
+        assert engine.compile_status() == {1: "ready"}
         assert compiled.failed == {} and list(compiled.steps) == [1]
         second = engine.generate("this is", params=_greedy(6))
         assert compiled.calls == 5  # every decode step of the second request (the first token is prefill's)
@@ -69,6 +72,7 @@ def test_a_failing_compile_leaves_its_bucket_eager(tiny_mistral, no_compiler, mo
         assert compiled.wait(60)
         again = [s.result() for s in [engine.submit(p, params=sp) for _, p, sp in arrivals]]
     assert compiled.failed == {2: "RuntimeError: C++ compile failed"} and compiled.calls == 0
+    assert engine.compile_status() == {2: "eager (RuntimeError: C++ compile failed)"}
     assert [r.getMessage() for r in caplog.records] == [
         "compiling the decode step for batch bucket 2 failed (RuntimeError: C++ compile failed); it stays eager"]
     for outs in (got, again):
