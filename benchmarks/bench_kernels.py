@@ -7,6 +7,13 @@ speed-up (baseline ms / kernel ms, > 1 means the kernel wins), the kernel's effe
 bandwidth against the H100's 3.35 TB/s, and the max |kernel - reference| as a sanity check.
 `--smoke` runs the same code at toy shapes in numba's CUDA simulator (CPU, timings
 meaningless) to check the script itself.
+
+`--cpu-matmul` times instead the CPU matmul candidates of a quantized linear
+(mistralrs_cli/models/matmul_candidates.py) per weight shape of the default model at batch rows
+1 and 32 (`--rows`), weights cycled out of cache, fastest call of `--rounds` passes, on
+`--threads` threads, and prints the table for docs/performance.md, the `lscpu` model and flags,
+and the machine key with its entry for `MEASURED` in models/matmul_choice.py. `--errors` adds
+each candidate's relative error on the default model's real weights and activations.
 """
 
 from __future__ import annotations
@@ -160,13 +167,113 @@ def timeit(torch: Any, fn: Callable[[], Any], reps: int, gpu: bool) -> float:
     return start.elapsed_time(end) / reps
 
 
+# (K in, N out, int4 terms) of SmolLM2-135M: o_proj, down's transpose, down, fused q/k/v, fused
+# gate/up, the Q8_0 head (two int4 terms).
+CPU_SHAPES = [(576, 576, 1), (576, 1536, 1), (1536, 576, 1), (576, 960, 1), (576, 3072, 1), (576, 49152, 2)]
+
+
+def lscpu_lines() -> list[str]:
+    """The `lscpu` model name and flags lines (every CPU figure is logged with them)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return ["lscpu: not available"]
+    return [ln.strip() for ln in out.splitlines() if ln.startswith(("Model name", "Flags"))]
+
+
+def cpu_matmul(args: argparse.Namespace) -> int:
+    """Time every matmul candidate per shape on this CPU and print the tables."""
+    import torch
+
+    from mistralrs_cli.models import matmul_choice as mc
+    from mistralrs_cli.models.matmul_candidates import CANDIDATES
+
+    torch.set_num_threads(args.threads)
+    names = list(CANDIDATES) if args.candidates == "all" else args.candidates.split(",")
+    rows = {f"M={m}": m for m in args.rows}
+    machine = mc.this_machine()
+    print("\n".join(lscpu_lines()))
+    print(f"torch {torch.__version__}, machine key {machine.key()}, {args.threads} threads, best of {args.rounds}")
+    print(f"\n| K×N (terms) | {' | '.join(names)} |\n|---|{'---|' * len(names)}")
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for k, n, terms in CPU_SHAPES:
+        got = mc.measure_shape(k, n, names, args.rounds, terms, rows)
+        table[mc.shape_key(k, n)] = got
+        fast = {r: min(got[r].values()) for r in rows}
+        cells = [" / ".join(_cell(got[r][name], fast[r]) for r in rows) for name in names]
+        print(f"| {k}×{n} ({terms}) | {' | '.join(cells)} |", flush=True)
+    print(f"(µs per call, {' / '.join(rows)}; bold: fastest)")
+    probe = {bucket: f"M={m}" for bucket, m in mc.PROBE_M.items()}
+    if all(label in rows for label in probe.values()):
+        entry = {
+            shape: {bucket: {name: round(t[label][name], 1) for name in names} for bucket, label in probe.items()}
+            for shape, t in table.items()
+        }
+        print(f"\nMEASURED[{machine.key()!r}] = {entry!r}")
+        choice = mc.Choice(machine, "measured", entry)
+        print("choice:", choice.describe((k, n) for k, n, _ in CPU_SHAPES))
+    if args.errors:
+        real_errors(names)
+    return 0
+
+
+def _cell(us: float, fastest: float) -> str:
+    text = f"{us:.0f}" if us >= 10 else f"{us:.1f}"
+    return f"**{text}**" if us == fastest else text
+
+
+def real_errors(names: list[str]) -> None:
+    """Relative error of each candidate on the default model: every quantized linear's real input
+    (a chat prompt, teacher-forced) against its exact f32 weight, summed over the model."""
+    import torch
+
+    from mistralrs_cli.loading.default_model import resolve_default_model
+    from mistralrs_cli.loading.gguf import load_gguf_file
+    from mistralrs_cli.loading.spec import LoadOptions
+    from mistralrs_cli.models.matmul_candidates import prepare
+    from mistralrs_cli.models.quant_linear import Int4Linear
+
+    path = resolve_default_model().gguf_path
+    fast, exact = load_gguf_file(path, LoadOptions()), load_gguf_file(path, LoadOptions(dtype="f32"))
+    layers = {name: m for name, m in fast.model.named_modules() if isinstance(m, Int4Linear)}
+    inputs: dict[str, torch.Tensor] = {}
+    for name, m in layers.items():
+        m.register_forward_pre_hook(lambda mod, a, name=name: inputs.__setitem__(name, a[0].reshape(-1, mod.in_features)))
+    ids = fast.tokenizer.encode_chat([{"role": "user", "content": "Write a haiku about the sea, then explain it."}])
+    seq = torch.tensor([ids])
+    exact_modules = dict(exact.model.named_modules())
+    err = {name: 0.0 for name in names}
+    ref_norm = 0.0
+    with torch.inference_mode():
+        fast.model(seq, torch.arange(seq.shape[1])[None])
+        for name, layer in layers.items():
+            x = inputs[name].float()
+            ref = x @ exact_modules[name].weight.float().T
+            ref_norm += ref.square().sum().item()
+            for cand in names:
+                err[cand] += (prepare(cand, layer).matmul(x) - ref).square().sum().item()
+    print(f"\nrelative error on the default model's weights ({len(layers)} linears, {seq.shape[1]} tokens):")
+    for cand in names:
+        print(f"  {cand:16} {(err[cand] / ref_norm) ** 0.5:.2e}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run every case, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["all", "mistral-7b", "smollm2-135m"], default="all")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--smoke", action="store_true", help="toy shapes in the CUDA simulator")
+    parser.add_argument("--cpu-matmul", action="store_true", help="time the CPU matmul candidates instead")
+    parser.add_argument("--threads", type=int, default=2, help="--cpu-matmul: torch threads")
+    parser.add_argument("--rounds", type=int, default=5, help="--cpu-matmul: passes over the weight copies")
+    parser.add_argument("--rows", type=lambda s: [int(v) for v in s.split(",")], default=[1, 32])
+    parser.add_argument("--candidates", default="all", help="--cpu-matmul: comma-separated names")
+    parser.add_argument("--errors", action="store_true", help="--cpu-matmul: relative error on real weights")
     args = parser.parse_args(argv)
+    if args.cpu_matmul:
+        return cpu_matmul(args)
     if args.smoke:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before numba is imported
     import torch

@@ -148,3 +148,86 @@ def test_compiled_int4linear_skips_kernels_it_cannot_trace(layer):
     compiled = torch.compile(layer, backend="eager", fullgraph=True)  # no graph break allowed
     assert torch.equal(compiled(x), layer._int4(x).float())
     assert not torch.equal(layer(x), compiled(x))  # eager uses the numba kernel
+
+
+
+@pytest.fixture(scope="module")
+def tiny_q4(tmp_path_factory):
+    """A tiny Q4_1 GGUF model on its CPU backend (fused int4 projections)."""
+    from mistralrs_cli.cli.compose import build_model
+    from mistralrs_cli.cli.spec import model_spec
+    from tests.oracles.gguf_files import Q, write_gguf_from_hf
+    from tests.oracles.tiny_models import save_tiny_folder, tiny_hf_model
+
+    hf = tiny_hf_model("mistral", seed=3)
+    folder = save_tiny_folder(hf, tmp_path_factory.mktemp("tiny-q4"))
+    path = write_gguf_from_hf(hf, folder, folder / "model.gguf", Q.Q4_1)
+    return build_model(model_spec("gguf-mistral", quantized_filename=str(path), dtype="auto")).model
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(ids, torch.arange(ids.shape[1]).expand_as(ids))
+
+
+def test_apply_routes_the_layers_that_compute(tiny_q4, gate):
+    from mistralrs_cli.models.fused import FusedProjection
+
+    model = tiny_q4
+    layers = mc.compute_layers(model)
+    fused = [p for m in model.modules() for p in vars(m).values() if isinstance(p, FusedProjection)]
+    assert fused and all(f.layer in layers for f in fused)
+    assert not any(s is layer for f in fused for s in f.sources for layer in layers)
+    assert model.lm_head in layers
+    ids = torch.randint(0, 200, (1, 12), generator=torch.Generator().manual_seed(0))
+    before = _logits(model, ids)
+    assert mc.apply(model, mc.Choice(AMX, "default")).startswith("int4 everywhere")
+    assert torch.equal(_logits(model, ids), before)
+    # bf16 picked for 8+ rows of every shape: a 12-token prefill runs bf16, a 1-token step int4.
+    timings = {
+        mc.shape_key(m.in_features, m.out_features): {"small": {"int4": 1, "bf16": 9}, "large": {"int4": 9, "bf16": 1}}
+        for m in layers
+    }
+    text = mc.apply(model, mc.Choice(AMX, "table", timings))
+    assert "bf16 at" in text and "MiB of weight copies" in text
+    assert all(m.small is None and m.large.name == "bf16" for m in layers)
+    got = _logits(model, ids)
+    assert not torch.equal(got, before) and (got - before).abs().max() < 0.05 * before.abs().max()
+    assert torch.equal(_logits(model, ids[:, :1]), before[:, :1])
+    mc.apply(model, mc.Choice(AMX, "default"))
+    assert all(m.small is None and m.large is None for m in layers)
+
+
+@pytest.mark.slow
+def test_each_eligible_candidate_keeps_the_fast_path_bounds(default_gguf):
+    """Every layer of the real default model on one candidate, teacher-forced over the answer of
+    tests/loading/test_gguf_real.py against the exact f32 path: the bounds of today's fast path
+    (top-1 >= 95%, mean |dlogit| < 0.12, max < 0.9) for every candidate the gate admits, so the
+    choice can only pick among formats that keep them."""
+    from mistralrs_cli.loading.gguf import load_gguf_file
+    from mistralrs_cli.loading.spec import LoadOptions
+    from mistralrs_cli.models.matmul_candidates import CANDIDATES
+    from tests.loading.test_gguf_real import ANSWER, PROMPTS
+
+    exact = load_gguf_file(default_gguf, LoadOptions(dtype="f32"))
+    fast = load_gguf_file(default_gguf, LoadOptions())
+    ids = exact.tokenizer.encode_chat([{"role": "user", "content": PROMPTS[1]}])
+    answer = exact.tokenizer.encode(ANSWER, add_special_tokens=False)[:64]
+    seq = torch.tensor([ids + answer])
+    positions = torch.arange(seq.shape[1])[None]
+    layers = [m for m in fast.model.modules() if isinstance(m, Int4Linear)]
+    stats = {}
+    with torch.inference_mode():
+        ref = exact.model(seq, positions)[0, len(ids) :]
+        for name in CANDIDATES:
+            for layer in layers:
+                cand = prepare(name, layer)
+                layer.use_matmuls(cand, cand, 8)
+            got = fast.model(seq, positions)[0, len(ids) :]
+            diff = (got - ref).abs()
+            top1 = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+            stats[name] = (diff.max().item(), diff.mean().item(), top1)
+    print("\n".join(f"{n:16} max {a:.3f} mean {b:.4f} top-1 {c:.1%}" for n, (a, b, c) in stats.items()))
+    for name, (max_diff, mean_diff, top1) in stats.items():
+        if mc.eligible(name):
+            assert max_diff < 0.9 and mean_diff < 0.12 and top1 >= 0.95, (name, stats[name])
