@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -29,7 +30,8 @@ from mistralrs_cli.cli.mode_flags import (
     ServeFlags,
 )
 from mistralrs_cli.cli.spec import ModelSpec, model_spec
-from mistralrs_cli.loading.spec import BaseSource, HfSource, LoadOptions
+from mistralrs_cli.errors import ConfigError
+from mistralrs_cli.loading.spec import BaseSource, DefaultSource, GgufSource, HfSource, LoadOptions
 
 if TYPE_CHECKING:
     from mistralrs_cli.engine import Engine, EngineConfig
@@ -176,13 +178,39 @@ def _compile(spec: ModelSpec, config: EngineConfig) -> int:
 
 
 def _bench(flags: BenchFlags, spec: ModelSpec, g: GlobalOptions, config: EngineConfig) -> int:
-    """Bench the model, and for adapter models the base alone; the engine runs `--concurrency` at once."""
+    """Bench the model, and for adapter models the base alone; the engine runs `--concurrency` at once.
+
+    With --against, the model's GGUF file goes to the frontend, which runs the peer on it.
+    """
+    if flags.against is not None:
+        from mistralrs_cli.frontends.bench_against import context_tokens, run_bench_against
+
+        flags.check()  # a bad --against fails before the model's file is looked for
+        # One sequence with the peer's context (unless flags say otherwise): KV memory like llama.cpp's.
+        context = context_tokens(flags.prompt_len, flags.tokens)
+        config = replace(config, max_seqs=g.max_seqs or 1, max_model_len=config.max_model_len or context)
+        run_bench_against(flags.options(_gguf_file(spec)), engine_factory(spec, config))
+        return 0
     from mistralrs_cli.frontends.bench import run_bench
 
     config = replace(config, max_seqs=max(flags.concurrency, g.max_seqs or 0))
     baseline = engine_factory(spec.base_only(), config) if spec.adapters is not None else None
     run_bench(flags.options(), engine_factory(spec, config), baseline)
     return 0
+
+
+def _gguf_file(spec: ModelSpec) -> Path:
+    """The local GGUF file of a plain GGUF model (the default one or gguf-mistral); ConfigError for others."""
+    if spec.adapters is None and isinstance(spec.base, DefaultSource):
+        from mistralrs_cli.loading.default_model import resolve_default_model
+
+        return resolve_default_model().gguf_path
+    if spec.adapters is None and isinstance(spec.base, GgufSource):
+        from mistralrs_cli.loading.gguf import resolve_gguf_path
+
+        return resolve_gguf_path(spec.base, spec.load)
+    raise ConfigError(f"bench --against llama.cpp compares GGUF models only (the default model or gguf-mistral), "
+                      f"not {spec.command}")
 
 
 def _setup_logging(debug: bool) -> None:

@@ -116,13 +116,30 @@ class BenchFlags:
     tokens: int = 64
     prompt_len: int = 64
     json_out: bool = False
+    against: str | None = None  # --against llama.cpp
+    llama_python: str | None = None
+    rounds: int | None = None  # None: not given (3 with --against)
 
-    def options(self) -> BenchOptions:
-        """The bench frontend's options."""
+    def check(self) -> None:
+        """Refuse a peer we do not know, and --rounds/--llama-python without --against (ConfigError)."""
+        from mistralrs_cli.errors import ConfigError
+        from mistralrs_cli.frontends.bench_against import PEERS
+
+        if self.against is not None and self.against not in PEERS:
+            raise ConfigError(f"bench --against {self.against}: the only peer is {', '.join(PEERS)}")
+        if self.against is None:
+            for flag, value in (("--rounds", self.rounds), ("--llama-python", self.llama_python)):
+                if value is not None:
+                    raise ConfigError(f"{flag} only applies to `bench --against llama.cpp`")
+
+    def options(self, gguf_path: Path | None = None) -> BenchOptions:
+        """The bench frontend's options; `gguf_path` is the model's file, which the peer of --against loads."""
         from mistralrs_cli.frontends.options import BenchOptions
 
+        self.check()
         return BenchOptions(concurrency=self.concurrency, tokens=self.tokens, prompt_len=self.prompt_len,
-                            json_out=self.json_out)
+                            json_out=self.json_out, against=self.against, llama_python=self.llama_python,
+                            rounds=self.rounds or 3, gguf_path=gguf_path)
 
 
 @dataclass(frozen=True)

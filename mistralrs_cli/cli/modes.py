@@ -123,9 +123,22 @@ def bench(
     tokens: Annotated[int, typer.Option("--tokens", min=2, help="Tokens generated per request.")] = 64,
     prompt_len: Annotated[int, typer.Option("--prompt-len", min=1, help="Prompt length in tokens.")] = 64,
     json_out: Annotated[bool, typer.Option("--json", help="Also print the result as JSON on stdout.")] = False,
+    against: Annotated[
+        str | None, typer.Option("--against", metavar="llama.cpp", help="Run llama.cpp (llama-cpp-python) on the "
+                                 "same GGUF beside the engine, interleaved round by round on the same prompts, and "
+                                 "print the ratios (TTFT, prefill, batch-1 decode, load, peak RSS).")
+    ] = None,
+    llama_python: Annotated[
+        str | None, typer.Option("--llama-python", metavar="PATH", help="With --against: the Python interpreter "
+                                 "that has llama_cpp (default: this one).")
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option("--rounds", min=1, help="With --against: interleaved rounds; each engine's best "
+                                 "is reported [default: 3].")
+    ] = None,
 ) -> None:
     """Benchmark the engine on the chosen model (default: the embedded model)."""
-    _choose(ctx, BenchFlags(concurrency, tokens, prompt_len, json_out))
+    _choose(ctx, BenchFlags(concurrency, tokens, prompt_len, json_out, against, llama_python, rounds))
 
 
 @compile_app.callback(invoke_without_command=True)

@@ -27,6 +27,7 @@ class _Timing:
     first: float = 0.0
     last: float = 0.0
     times: list[float] = field(default_factory=list)  # arrival of each token
+    ids: list[int] = field(default_factory=list)  # the tokens, in order
 
     @property
     def tokens(self) -> int:
@@ -42,6 +43,7 @@ async def _consume(engine: Engine, prompt: list[int], tokens: int) -> _Timing:
         if delta.token_ids and not timing.tokens:
             timing.first = now
         timing.times += [now] * len(delta.token_ids)
+        timing.ids += delta.token_ids
         timing.last = now
     return timing
 

@@ -54,13 +54,17 @@ class BatchOptions:
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """`mistralrs bench`: the synthetic load."""
+    """`mistralrs bench`: the synthetic load; with `against`, the engine beside another on the same file."""
 
     concurrency: int = 32
     tokens: int = 64
     prompt_len: int = 64
     json_out: bool = False
     seed: int = 0
+    against: str | None = None  # "llama.cpp": batch-1 rounds beside llama-cpp-python (frontends/bench_against.py)
+    llama_python: str | None = None  # the interpreter that has llama_cpp (default: this one)
+    rounds: int = 3  # interleaved rounds; the best of each engine is reported
+    gguf_path: Path | None = None  # the model's GGUF file, resolved by the CLI (the peer loads the same file)
 
 
 @dataclass(frozen=True)
