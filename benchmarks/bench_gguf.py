@@ -12,7 +12,8 @@ int4 path, the dense bf16 path (`--dtype bf16`) and, when installed, transformer
 padded batch. `--engine-bench N` also runs `mistralrs bench --concurrency N` (the whole engine:
 scheduler, sampler, streaming) on the same file and prints its figures beside llama.cpp's.
 llama-cpp-python is taken from --llama-python (a separate venv: it compiles from
-source) or from this interpreter; it is skipped with a note when absent.
+source) or from this interpreter, and driven by the worker of `mistralrs bench --against`
+(mistralrs_cli/peers); it is skipped with a note when absent.
 """
 
 from __future__ import annotations
@@ -113,42 +114,32 @@ def worker_ours(args: argparse.Namespace) -> dict:
     return out
 
 
-def worker_llama(args: argparse.Namespace) -> dict:
-    import numpy as np
-    from llama_cpp import Llama
+def llama_row(args: argparse.Namespace) -> dict | None:
+    """llama.cpp's row, from the same worker `mistralrs bench --against` drives (mistralrs_cli/peers).
 
-    start = time.perf_counter()
-    llm = Llama(
-        model_path=args.gguf, n_threads=args.threads, n_threads_batch=args.threads,
-        n_ctx=max(512, args.prompt + args.decode + 32), n_batch=512, verbose=False,
-    )
-    load = time.perf_counter() - start
-    prompt = _prompt_ids(args.prompt)
-    vocab = llm.n_vocab()
+    The worker runs under --llama-python; if it dies by a signal (the AMX crash) it is retried once
+    with ggml's extra buffer types off. None, with a note, when llama_cpp is not there.
+    """
+    from mistralrs_cli.peers.llama_peer import LlamaPeer, PeerError
 
-    def prefill(ids: list[int]) -> None:
-        llm.reset()
-        llm.eval(ids)
-
-    def decode(steps: int) -> float:
-        prefill(prompt[:16])
-        start = time.perf_counter()
-        for _ in range(steps):
-            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))
-            llm.eval([int(logits.argmax())])
-        return time.perf_counter() - start
-
-    prefill(prompt[:8])
-    best_prefill = min(_timed(lambda: prefill(prompt)) for _ in range(args.rounds))
-    decode(4)
-    best_decode = min(decode(args.decode) for _ in range(args.rounds))
-    return {
-        "engine": "llama.cpp (llama-cpp-python)",
-        "load_s": load,
-        "prefill_tok_s": len(prompt) / best_prefill,
-        "decode_tok_s": args.decode / best_decode,
-        "peak_rss_mib": _peak_rss_mib(),
-    }
+    prompt = args.prompt_ids[: args.prompt]
+    try:
+        with LlamaPeer(args.llama_python) as peer:
+            peer.load(args.gguf, args.threads, max(512, args.prompt + args.decode + 32))
+            peer.round(prompt[:8], 1)  # warm-up
+            best_prefill = min(peer.round(prompt, 1)["ttft_s"] for _ in range(args.rounds))
+            peer.round(prompt[:16], 5)  # warm-up
+            best_decode = max(peer.round(prompt[:16], args.decode + 1)["decode_tok_s"] for _ in range(args.rounds))
+            return {
+                "engine": "llama.cpp (llama-cpp-python)" + ("" if peer.extra_bufts else ", extra buffers off"),
+                "load_s": peer.last_load["load_s"],  # after a crash: the retried load
+                "prefill_tok_s": len(prompt) / best_prefill,
+                "decode_tok_s": best_decode,
+                "peak_rss_mib": peer.last_rss,
+            }
+    except PeerError as e:
+        print(f"[llama] skipped: {e.message}", file=sys.stderr)
+        return None
 
 
 def worker_transformers(args: argparse.Namespace) -> dict:
@@ -217,14 +208,14 @@ def main() -> None:
         found = resolve_default_model()
         args.gguf = str(found.gguf_path)
     if args.worker:
-        fn = {"ours": worker_ours, "llama": worker_llama, "transformers": worker_transformers}[args.worker]
+        fn = {"ours": worker_ours, "transformers": worker_transformers}[args.worker]
         print(json.dumps(fn(args)))
         return
     args.prompt_ids = _make_prompt_ids(args.gguf, max(args.prompt, 16 * max(args.batch, 1) + 16))
     # Batch-1 runs first and alone, so their peak RSS is not the batched runs' KV pool.
     single = argparse.Namespace(**{**vars(args), "batch": 0})
     rows = [_run_worker(sys.executable, "ours", single)]
-    llama = _run_worker(args.llama_python, "llama", single)
+    llama = llama_row(single)
     rows.append(llama)
     if args.batch > 1:
         rows.append(_tag(_run_worker(sys.executable, "ours", args), "batch run"))
