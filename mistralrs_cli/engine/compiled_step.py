@@ -1,28 +1,33 @@
-"""The compiled decode step (`EngineConfig.compile`; the command line's default on CPU, `--no-compile` off).
+"""The compiled decode step (`EngineConfig.compile`, `--compile`).
 
-A decode group (every row Q = 1) runs as one torch.compile'd graph (inductor's C++/OpenMP code on
-CPU) instead of ~40 eager ops per layer. Shapes are static inside a batch bucket:
+A decode group (every row Q = 1) runs each decoder layer through one torch.compile'd graph
+(inductor's C++/OpenMP code on CPU) instead of ~40 eager ops per layer. The graph is regional:
+one graph of `_layer_step` per batch bucket, reused by all layers (dynamo traces one layer, not
+thirty: a warm start costs seconds, not the ~30 s of tracing a whole 30-layer step, which held
+the GIL and slowed the eager engine meanwhile; each region call costs ~20-35 us, measured).
+Embedding, rotary lookup, the final norm and the head run eagerly around it. Shapes are static
+inside a batch bucket:
 - rows are padded up to a bucket (1, 2, 4, 8, 16, 32, 64, ...); a padded row has position -1,
   writes the scratch slot 0 and attends only to it (its logits are dropped);
 - the context is padded up to a multiple of CTX_BLOCK keys (slot 0, position -1: masked out), and
   that width is a dynamic dimension of the graph (`torch._dynamo.maybe_mark_dynamic`), so one graph
   serves every context length and every mix of sequences of a bucket.
-The graph runs the model's own modules, whatever `select_backend` chose (fused int4 on CPU),
-through `MistralForCausalLM.decoder_stack`; only the embedding, the rotary lookup (the tables are
-graph inputs: `layers.lookup_cos_sin`) and the head are called from here. The paged KV pool is
-passed as tensors and written in place (`index_copy_`); its size is dynamic too. Prefill stays eager.
+The graph runs the model's own modules, whatever `select_backend` chose (fused int4 on CPU). The
+paged KV pool is passed as tensors and written in place (`index_copy_`); its size is dynamic too.
+Prefill stays eager.
 
 A bucket's graph compiles in a background thread, from dummy inputs of its shapes, while the
 engine runs that bucket eagerly (`CompiledDecode`); inductor's on-disk cache keeps it for later
 runs (`mistralrs compile` warms it).
 
-NOTE: each (runner, bucket) compiles its own copy of `_decode_step`'s code object, so its dynamo
+NOTE: each (runner, bucket) compiles its own copy of `_layer_step`'s code object, so its dynamo
 cache holds exactly one graph: buckets and engines never count against each other's recompile
 limit, and a recompile inside a bucket shows in dynamo's counters (the tests assert there is none).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -121,7 +126,24 @@ class _PaddedDecodeBatch(AttentionBatch):
         return self._additive[dtype]
 
 
+def _layer_step(
+    layer: torch.nn.Module,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    write_slots: torch.Tensor,
+    ctx_slots: torch.Tensor,
+    mask: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+) -> torch.Tensor:
+    """One decoder layer of a decode step (the compiled region): x (B, 1, hidden) in and out, the
+    layer's new keys/values written into its pools in place."""
+    return layer(x, cos, sin, _PaddedDecodeBatch(write_slots, ctx_slots, mask), (k_pool, v_pool))
+
+
 def _decode_step(
+    region: Callable[..., torch.Tensor],
     model: MistralForCausalLM,
     ids: torch.Tensor,
     positions: torch.Tensor,
@@ -133,12 +155,15 @@ def _decode_step(
     sin_table: torch.Tensor,
 ) -> torch.Tensor:
     """f32 logits (B, vocab) of one decode step: ids/positions (B, 1), write_slots (B,),
-    ctx_slots/key_positions (B, L). What `model(...)` computes, without a data-dependent step."""
+    ctx_slots/key_positions (B, L). What `model(...)` computes, with every decoder layer run by
+    `region` (the compiled `_layer_step`; the layers share its one graph)."""
     batch = _PaddedDecodeBatch.build(positions, key_positions, model.config.sliding_window, write_slots, ctx_slots)
+    torch._dynamo.maybe_mark_dynamic(batch.mask, 3)  # the context width, like ctx_slots'
     x = model.model.embed_tokens(ids)
     cos, sin = lookup_cos_sin(cos_table, sin_table, positions.clamp(min=0), x.dtype)
-    h = model.decoder_stack(x, cos, sin, batch, kv)
-    return model.lm_head(h[:, 0]).float()
+    for layer, (k_pool, v_pool) in zip(model.model.layers, kv, strict=True):
+        x = region(layer, x, cos, sin, batch.write_slots, batch.ctx_slots, batch.mask, k_pool, v_pool)
+    return model.lm_head(model.model.norm(x)[:, 0]).float()
 
 
 def _fresh_copy(fn: types.FunctionType) -> types.FunctionType:
@@ -228,7 +253,8 @@ class CompiledDecode:
     def compile_bucket(self, bucket: int) -> str | None:
         """Compile (or load from inductor's cache) the graph of `bucket`, with dummy inputs; None
         when it is ready, else why it failed (the bucket then stays eager)."""
-        step = torch.compile(_fresh_copy(_decode_step), fullgraph=True, dynamic=False)
+        region = torch.compile(_fresh_copy(_layer_step), fullgraph=True, dynamic=False)
+        step = functools.partial(_decode_step, region)
         keys = CTX_BLOCK
         with torch.inference_mode():  # as ModelRunner.run: grad mode is part of the graph's guards
             positions = torch.full((bucket, 1), keys - 1)
