@@ -89,9 +89,11 @@ def run_bench(options: BenchOptions, open_engine: Callable[[], Engine],
         about = {"model": loaded.name, "device": str(loaded.device), "weights": loaded.weights,
                  "compute_dtype": loaded.compute_dtype, "load_s": loaded.info.get("load_seconds")}
         _run(engine, [prompt()], 4)  # warm-up: first-call allocations, rotary table
+        compile_warmup = _warm_compiled(engine, lambda: _run(engine, [prompt() for _ in range(concurrency)], 8))
         (one,), _ = _run(engine, [prompt()], tokens)
         many, wall = _run(engine, [prompt() for _ in range(concurrency)], tokens)
         stats = engine.stats()
+        compile_status = engine.compile_status()
     threads, max_seqs = engine_threads(engine.config.threads), engine.config.max_seqs
     kv_cache = engine.kv_budget.describe()
     decode_1 = _decode_rate(one)
@@ -115,6 +117,8 @@ def run_bench(options: BenchOptions, open_engine: Callable[[], Engine],
         "concurrency": concurrency,
         "max_seqs": max_seqs,
         "kv_cache": kv_cache,
+        "compiled_step": None if compile_status is None else {
+            "buckets": {str(b): st for b, st in compile_status.items()}, "warmup_s": compile_warmup},
         "batch1": {
             "ttft_s": ttft,
             "prefill_tok_s": prompt_len / ttft,
@@ -140,6 +144,18 @@ def run_bench(options: BenchOptions, open_engine: Callable[[], Engine],
     return result
 
 
+def _warm_compiled(engine: Engine, warm_concurrent: Callable[[], object]) -> float | None:
+    """With the compiled decode step on: meet every batch size the runs will use and wait until
+    their graphs are ready (compiled, or loaded from the on-disk cache), so the figures measure the
+    compiled step and not its background compile. Seconds that took; None when not compiling."""
+    if engine.compile_status() is None:
+        return None
+    start = time.perf_counter()
+    warm_concurrent()
+    engine.wait_compiled()
+    return time.perf_counter() - start
+
+
 def _decode_rate(timing: _Timing) -> float:
     """Tokens per second after the first token."""
     return (timing.tokens - 1) / (timing.last - timing.first) if timing.tokens > 1 else 0.0
@@ -159,6 +175,10 @@ def print_table(result: dict[str, Any]) -> None:
         table.add_row("model load", f"{result['load_s']:.2f} s")
     if result.get("kv_cache"):
         table.add_row("KV cache", result["kv_cache"])
+    compiled = result.get("compiled_step")
+    table.add_row("decode step", "eager" if compiled is None else
+                  "compiled, batch " + ", ".join(f"{b}: {st}" for b, st in compiled["buckets"].items())
+                  + f" (warm-up {compiled['warmup_s']:.1f} s)")
     table.add_row("TTFT (batch 1)", f"{b1['ttft_s'] * 1000:.0f} ms")
     table.add_row("prefill (batch 1)", f"{b1['prefill_tok_s']:.1f} tok/s")
     table.add_row("decode (batch 1)", f"{b1['decode_tok_s']:.2f} tok/s")

@@ -49,3 +49,24 @@ def test_bench_measures_the_base_model_alone_in_the_same_run(tiny_llama, capsys)
     base = result["base_model"]
     assert base["decode_tok_s"] > 0 and base["slowdown"] == base["decode_tok_s"] / result["batch1"]["decode_tok_s"]
 
+
+
+def test_bench_measures_the_compiled_step_after_its_compile(tiny_llama, capsys, monkeypatch):
+    # torch.compile as the identity (the real compiles are in test_compiled_step.py, slow): what is
+    # tested is that bench meets every batch size first and waits for their graphs before measuring.
+    import torch
+
+    from mistralrs_cli.engine import compiled_step
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(compiled_step, "cxx_compiler", lambda: "c++")
+    options = BenchOptions(concurrency=3, tokens=5, prompt_len=4, json_out=True)
+    eager = run_bench(options, lambda: Engine(tiny_llama, EngineConfig(max_seqs=3)))
+    assert eager["compiled_step"] is None and "eager" in capsys.readouterr().err
+    with Engine(tiny_llama, EngineConfig(max_seqs=3, compile=True)) as engine:
+        result = run_bench(options, lambda: engine)
+        assert engine.core.runner.compiled.calls > 0 and engine.core.runner.compiled.failed == {}
+    compiled = result["compiled_step"]
+    assert compiled["warmup_s"] > 0 and compiled["buckets"] and set(compiled["buckets"].values()) == {"ready"}
+    assert {"1", "4"} <= set(compiled["buckets"])
+    assert "compiled, batch 1: ready" in capsys.readouterr().err
