@@ -128,7 +128,7 @@ class Bf16Dense:
     compilable: ClassVar[bool] = True
 
     def __init__(self, layer: Int4Linear) -> None:
-        self.w = layer.weight_f32().to(torch.bfloat16)
+        self.w = torch.cat([part.to(torch.bfloat16) for part in weight_rows(layer)])
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(torch.bfloat16), self.w).float()
@@ -159,6 +159,19 @@ class NumbaQ4Q8:
 
     def nbytes(self) -> int:
         return sum(t.nbytes() for t in self.terms)
+
+
+def weight_rows(layer: Int4Linear, rows: int = 2048) -> list[torch.Tensor]:
+    """`layer.weight_f32()` in chunks of `rows` output rows, so that dequantizing a large weight
+    (the 49152-row head) never holds more than one chunk's f32 temporaries (~5x its size)."""
+    out, terms = [], layer.terms()
+    for start in range(0, layer.out_features, rows):
+        stop = min(start + rows, layer.out_features)
+        # Packed rows come in blocks of block_n(), which divides `rows`: a slice stays a valid layer.
+        end = min(start + rows, terms[0][0].shape[0])
+        part = Int4Linear([(p[start:end], sz[:, start:end]) for p, sz in terms], layer.in_features, stop - start)
+        out.append(part.weight_f32())
+    return out
 
 
 def _codes(layer: Int4Linear) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -60,7 +60,35 @@ Timings = dict[str, dict[str, dict[str, float]]]  # "KxN" -> bucket -> candidate
 
 # Measured tables (µs, 2 threads, weights cycled out of cache, best of N): see docs/performance.md,
 # "Matmul per shape on this CPU". Keyed by `Machine.key()`.
-MEASURED: dict[str, Timings] = {}
+MEASURED: dict[str, Timings] = {
+    # AMD EPYC (Zen 4 class: avx512f/bw/vl/vnni/bf16, no AMX), 2 threads, 2026-12, bench_kernels.py.
+    "AVX512-avx2+avx512_bf16+avx512_vnni+avx512f": {
+        "576x576": {
+            "small": {"int4": 22, "int8": 33, "dyn-int8-fbgemm": 28, "dyn-int8-onednn": 50, "bf16": 74, "numba-q4q8": 93},
+            "large": {"int4": 142, "int8": 180, "dyn-int8-fbgemm": 55, "dyn-int8-onednn": 95, "bf16": 125, "numba-q4q8": 2585},
+        },
+        "576x1536": {
+            "small": {"int4": 42, "int8": 72, "dyn-int8-fbgemm": 44, "dyn-int8-onednn": 77, "bf16": 167, "numba-q4q8": 235},
+            "large": {"int4": 358, "int8": 473, "dyn-int8-fbgemm": 113, "dyn-int8-onednn": 149, "bf16": 259, "numba-q4q8": 6902},
+        },
+        "1536x576": {
+            "small": {"int4": 45, "int8": 60, "dyn-int8-fbgemm": 41, "dyn-int8-onednn": 76, "bf16": 136, "numba-q4q8": 235},
+            "large": {"int4": 359, "int8": 416, "dyn-int8-fbgemm": 110, "dyn-int8-onednn": 199, "bf16": 291, "numba-q4q8": 15375},
+        },
+        "576x960": {
+            "small": {"int4": 29, "int8": 48, "dyn-int8-fbgemm": 37, "dyn-int8-onednn": 60, "bf16": 107, "numba-q4q8": 150},
+            "large": {"int4": 233, "int8": 298, "dyn-int8-fbgemm": 80, "dyn-int8-onednn": 119, "bf16": 189, "numba-q4q8": 4380},
+        },
+        "576x3072": {
+            "small": {"int4": 79, "int8": 150, "dyn-int8-fbgemm": 80, "dyn-int8-onednn": 132, "bf16": 338, "numba-q4q8": 563},
+            "large": {"int4": 778, "int8": 1039, "dyn-int8-fbgemm": 203, "dyn-int8-onednn": 274, "bf16": 500, "numba-q4q8": 20464},
+        },
+        "576x49152": {
+            "small": {"int4": 2402, "int8": 2632, "dyn-int8-fbgemm": 910, "dyn-int8-onednn": 1338, "bf16": 4993, "numba-q4q8": 22262},
+            "large": {"int4": 24278, "int8": 22980, "dyn-int8-fbgemm": 3790, "dyn-int8-onednn": 4023, "bf16": 8134, "numba-q4q8": 493524},
+        },
+    },
+}
 
 
 @dataclass(frozen=True)
