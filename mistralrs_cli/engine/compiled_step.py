@@ -43,6 +43,7 @@ import torch.fx.experimental._config
 import torch.nn.functional as F
 
 from mistralrs_cli.loading.default_model import cache_dir
+from mistralrs_cli.models import matmul_choice
 from mistralrs_cli.models.attention import AttentionBatch, KVLayer
 from mistralrs_cli.models.contract import CausalLM
 from mistralrs_cli.models.layers import lookup_cos_sin, rope_inv_freq
@@ -254,6 +255,7 @@ class CompiledDecode:
     def compile_bucket(self, bucket: int) -> str | None:
         """Compile (or load from inductor's cache) the graph of `bucket`, with dummy inputs; None
         when it is ready, else why it failed (the bucket then stays eager)."""
+        matmul_choice.materialize(self.model, bucket)  # weight copies this batch size uses, before tracing
         region = torch.compile(_fresh_copy(_layer_step), fullgraph=True, dynamic=False)
         step = functools.partial(_decode_step, region)
         keys = CTX_BLOCK

@@ -4,7 +4,8 @@ Loaders only produce weights and configs, and the model's modules are plain torc
 decides how the model computes on its device by swapping modules, in place, for a variant of
 their class (models/swap.py): fused int4 projections on CPU (models/fused.py), numba.cuda
 kernels on a CUDA device (models/cuda_modules.py, and any variant registered with
-`register_cuda_variant`, e.g. LoRA's), plain torch otherwise. Nothing is flagged or re-checked
+`register_cuda_variant`, e.g. LoRA's), plain torch otherwise; on CPU each int4 layer also gets the
+matmul kernels models/matmul_choice.py picks for its shape and batch size on this machine. Nothing is flagged or re-checked
 per forward. Returns a short description for `bench`, `/stats` and logs.
 """
 
@@ -13,11 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mistralrs_cli.models import matmul_choice
 from mistralrs_cli.models.attention import Attention
 from mistralrs_cli.models.cuda_modules import CudaAttention, CudaMLP, CudaRMSNorm
 from mistralrs_cli.models.fused import fuse_projections
 from mistralrs_cli.models.kernel_ops import wants_kernels
 from mistralrs_cli.models.layers import MLP, RMSNorm, RotaryEmbedding
+from mistralrs_cli.models.quant_linear import Int4Linear
 from mistralrs_cli.models.swap import become
 
 # plain class -> its kernels_cuda variant (stateless ones; CudaAttention is given the rope cache)
@@ -38,9 +41,12 @@ def select_backend(model: nn.Module, device: torch.device) -> str:
         use_cuda_kernels(model)
         return "kernels_cuda (numba)"
     # Int4 linears exist only on CPU (torch's int4 matmul is a CPU kernel): never with kernels_cuda.
-    if fuse_projections(model):
-        return "fused int4 projections"
-    return "torch"
+    fused = fuse_projections(model)
+    # After fusion: the fused q/k/v and gate/up layers are the ones that compute.
+    matmuls = matmul_choice.apply(model) if any(isinstance(m, Int4Linear) for m in model.modules()) else None
+    if not fused and matmuls is None:
+        return "torch"
+    return ", ".join(part for part in ("fused int4 projections" if fused else "", matmuls and f"matmuls: {matmuls}") if part)
 
 
 def use_cuda_kernels(model: nn.Module) -> None:

@@ -34,6 +34,11 @@ class Candidate(Protocol):
 
     def nbytes(self) -> int: ...
 
+    @staticmethod
+    def bytes_for(k: int, n: int) -> int:
+        """Bytes a copy of a (k in, n out) weight takes in this format (0: none)."""
+        ...
+
 
 def _per_channel_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) f32 -> symmetric int8 codes (N, K) and one f32 scale per row (N,)."""
@@ -46,6 +51,10 @@ class Int4Pack:
 
     name: ClassVar[str] = "int4"
     compilable: ClassVar[bool] = True
+
+    @staticmethod
+    def bytes_for(k: int, n: int) -> int:
+        return 0  # shares the layer's packed weight
 
     def __init__(self, layer: Int4Linear) -> None:
         self.terms, self.n = layer.terms(), layer.out_features
@@ -67,6 +76,10 @@ class Int8WeightOnly:
 
     name: ClassVar[str] = "int8"
     compilable: ClassVar[bool] = True
+
+    @staticmethod
+    def bytes_for(k: int, n: int) -> int:
+        return k * n + 4 * n  # int8 codes + one f32 scale per row
 
     def __init__(self, layer: Int4Linear) -> None:
         self.codes, scale = _per_channel_int8(layer.weight_f32())
@@ -91,6 +104,10 @@ class DynamicInt8:
     name: ClassVar[str] = "dyn-int8-fbgemm"
     engine: ClassVar[str] = "fbgemm"
     compilable: ClassVar[bool] = False  # a TorchScript packed-params object: eager only
+
+    @staticmethod
+    def bytes_for(k: int, n: int) -> int:
+        return k * n + 4 * n  # int8 codes + one f32 scale per row
 
     def __init__(self, layer: Int4Linear) -> None:
         codes, scale = _per_channel_int8(layer.weight_f32())
@@ -127,6 +144,10 @@ class Bf16Dense:
     name: ClassVar[str] = "bf16"
     compilable: ClassVar[bool] = True
 
+    @staticmethod
+    def bytes_for(k: int, n: int) -> int:
+        return 2 * k * n
+
     def __init__(self, layer: Int4Linear) -> None:
         self.w = torch.cat([part.to(torch.bfloat16) for part in weight_rows(layer)])
 
@@ -142,6 +163,10 @@ class NumbaQ4Q8:
 
     name: ClassVar[str] = "numba-q4q8"
     compilable: ClassVar[bool] = False
+
+    @staticmethod
+    def bytes_for(k: int, n: int) -> int:
+        return k * n // 2 + k // 32 * n * 4  # nibbles + scale and min per block (approximate)
 
     def __init__(self, layer: Int4Linear) -> None:
         from mistralrs_cli.models import numba_q4q8

@@ -304,23 +304,59 @@ def compute_layers(model: torch.nn.Module) -> list:
     return [f.layer for f in fused] + plain
 
 
+class LazyCandidate:
+    """A candidate whose weight copy is built on its first call (or by `materialize`): a model that
+    never runs a batch of LARGE_M rows (a chat) never pays its memory or its build time."""
+
+    def __init__(self, name: str, layer: torch.nn.Module) -> None:
+        self.name, self.compilable = name, CANDIDATES[name].compilable
+        self.layer = layer
+        self.built: Candidate | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the copy exists (a compiled graph may only use a built candidate)."""
+        return self.built is not None
+
+    def build(self) -> Candidate:
+        if self.built is None:
+            from mistralrs_cli.models.matmul_candidates import prepare
+
+            self.built = prepare(self.name, self.layer)
+        return self.built
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return self.build().matmul(x)
+
+    def nbytes(self) -> int:
+        return self.built.nbytes() if self.built is not None else 0
+
+
 def apply(model: torch.nn.Module, choice: Choice | None = None) -> str:
     """Give each int4 layer of `model` the kernels `choice` (default: `choose()`) picks for its
-    shape; returns the choice in one line, with the memory a second copy costs."""
-    from mistralrs_cli.models.matmul_candidates import prepare
-
+    shape; returns the choice in one line, with the memory its copies take once built (on first
+    use: `LazyCandidate`)."""
     choice = choice or choose()
     layers = compute_layers(model)
     extra = 0
     for layer in layers:
-        made: dict[str, Candidate] = {}
+        made: dict[str, LazyCandidate] = {}
         picked = []
         for bucket in PROBE_M:
             name = choice.pick(layer.in_features, layer.out_features, bucket)
             if name != DEFAULT and name not in made:
-                made[name] = prepare(name, layer)
+                made[name] = LazyCandidate(name, layer)
+                extra += CANDIDATES[name].bytes_for(layer.in_features, layer.out_features)
             picked.append(made.get(name))
         layer.use_matmuls(picked[0], picked[1], LARGE_M)
-        extra += sum(c.nbytes() for c in made.values())
     text = choice.describe(dict.fromkeys((m.in_features, m.out_features) for m in layers))
-    return f"{text}, +{extra / 2**20:.0f} MiB of weight copies" if extra else text
+    return f"{text}, +{extra / 2**20:.0f} MiB of weight copies once a batch needs them" if extra else text
+
+
+def materialize(model: torch.nn.Module, rows: int) -> None:
+    """Build now every weight copy a batch of `rows` rows would use (before torch.compile traces
+    one: a graph must not build weights, and one traced without them would keep int4)."""
+    for layer in compute_layers(model):
+        other = layer.large if rows >= layer.large_m else layer.small
+        if isinstance(other, LazyCandidate):
+            other.build()

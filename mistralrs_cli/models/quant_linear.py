@@ -128,7 +128,9 @@ class Int4Linear(nn.Module):
         # Shape-only branch (torch.compile specializes on it); kernels torch.compile cannot trace
         # (numba, TorchScript packed weights) serve eager calls only.
         other = self.large if x2.shape[0] >= self.large_m else self.small
-        if other is not None and (other.compilable or not torch.compiler.is_compiling()):
+        # A lazy weight copy (matmul_choice.LazyCandidate) is built before a graph is traced
+        # (`materialize`); one that is not serves eager calls only.
+        if other is not None and ((other.compilable and getattr(other, "ready", True)) or not torch.compiler.is_compiling()):
             y = other.matmul(x2).to(x.dtype)
         else:
             y = self._int4(x2).to(x.dtype)

@@ -191,7 +191,11 @@ def test_apply_routes_the_layers_that_compute(tiny_q4, gate):
     text = mc.apply(model, mc.Choice(AMX, "table", timings))
     assert "bf16 at" in text and "MiB of weight copies" in text
     assert all(m.small is None and m.large.name == "bf16" for m in layers)
+    # The copies are built on first use: a model that never batches 8 rows never pays for them.
+    assert not any(m.large.ready for m in layers) and all(m.large.nbytes() == 0 for m in layers)
+    assert torch.equal(_logits(model, ids[:, :1]), before[:, :1]) and not any(m.large.ready for m in layers)
     got = _logits(model, ids)
+    assert all(m.large.ready and m.large.nbytes() == 2 * m.in_features * m.out_features for m in layers)
     assert not torch.equal(got, before) and (got - before).abs().max() < 0.05 * before.abs().max()
     assert torch.equal(_logits(model, ids[:, :1]), before[:, :1])
     mc.apply(model, mc.Choice(AMX, "default"))
@@ -235,3 +239,16 @@ def test_each_eligible_candidate_keeps_the_fast_path_bounds(default_gguf):
     for name, (max_diff, mean_diff, top1) in stats.items():
         if name.startswith("choice: ") or mc.eligible(name):
             assert max_diff < 0.9 and mean_diff < 0.12 and top1 >= 0.95, (name, stats[name])
+
+
+def test_materialize_builds_the_copies_a_batch_size_uses(tiny_q4, gate):
+    layers = mc.compute_layers(tiny_q4)
+    timings = {
+        mc.shape_key(m.in_features, m.out_features): {"small": {"int4": 1, "bf16": 9}, "large": {"int4": 9, "bf16": 1}}
+        for m in layers
+    }
+    mc.apply(tiny_q4, mc.Choice(AMX, "table", timings))
+    mc.materialize(tiny_q4, 4)  # below LARGE_M: int4, nothing to build
+    assert not any(m.large.ready for m in layers)
+    mc.materialize(tiny_q4, mc.LARGE_M)
+    assert all(m.large.ready for m in layers)
