@@ -73,8 +73,8 @@ def root(
         float | None, typer.Option("--kv-cache-mem", help="KV cache budget in MiB (default: what --max-seqs x the context can use, at most 1 GiB on CPU or half the free GPU memory).")
     ] = None,
     compile_step: Annotated[
-        bool | None, typer.Option("--compile/--no-compile", envvar="MISTRALRS_COMPILE", show_default=False, help="Decode through a torch.compile'd step (CPU with g++; each batch size compiles in the background on first use, eager meanwhile, cached on disk). Default: eager.")
-    ] = False,
+        bool | None, typer.Option("--compile/--no-compile", envvar="MISTRALRS_COMPILE", show_default=False, help="Decode through a torch.compile'd step (default: on where it can run: CPU with g++; each batch size compiles in the background on first use, eager meanwhile, cached on disk). --no-compile: always eager.")
+    ] = None,
     chat_template: Annotated[
         str | None, typer.Option("-c", "--chat-template", help="Jinja chat template (file, or JSON file with 'chat_template') overriding the model's.")
     ] = None,

@@ -17,8 +17,9 @@ paged KV pool is passed as tensors and written in place (`index_copy_`); its siz
 Prefill stays eager.
 
 A bucket's graph compiles in a background thread, from dummy inputs of its shapes, while the
-engine runs that bucket eagerly (`CompiledDecode`); inductor's on-disk cache keeps it for later
-runs (`mistralrs compile` warms it).
+engine runs that bucket eagerly (`CompiledDecode`); the thread first waits (up to IDLE_WAIT) for
+the engine to be idle, so a chat's first answer streams at eager speed and the next one compiled.
+Inductor's on-disk cache keeps graphs for later runs (`mistralrs compile` warms it).
 
 NOTE: each (runner, bucket) compiles its own copy of `_layer_step`'s code object, so its dynamo
 cache holds exactly one graph: buckets and engines never count against each other's recompile
@@ -52,6 +53,7 @@ from mistralrs_cli.models.mistral import MistralForCausalLM
 log = logging.getLogger(__name__)
 
 CTX_BLOCK = 64  # the context width is padded up to a multiple of this
+IDLE_WAIT = 20.0  # seconds a background compile waits for an idle engine before it starts anyway
 
 
 def batch_bucket(rows: int) -> int:
@@ -92,11 +94,11 @@ def use_inductor_cache_dir() -> Path:
 
 
 def cxx_compiler() -> str | None:
-    """The C++ compiler inductor will call (its `cpp.cxx` setting: $CXX or g++), or None if absent."""
-    import torch._inductor.config as inductor_config
+    """The C++ compiler inductor will call ($CXX, else g++), or None if absent.
 
-    names = inductor_config.cpp.cxx
-    for name in names if isinstance(names, (list, tuple)) else (names,):
+    NOTE: read without importing torch._inductor (which imports dynamo: ~1.3 s), so an engine that
+    compiles pays that import in its compile thread, not before its first answer."""
+    for name in (os.environ.get("CXX"), "g++"):
         if name and shutil.which(name):
             return name
     return None
@@ -195,10 +197,11 @@ class CompiledDecode:
         self.cache_dir = cache_dir  # inductor's on-disk caches
         self.threads: int | None = None  # the engine thread's torch threads (the kernels' OpenMP width)
         self._lock = threading.Lock()
-        # The pool's size depends on the memory budget (and the available RAM): a dynamic dimension,
-        # so inductor's cached graphs serve every budget.
-        for pool in (t for layer in kv for t in layer):
-            torch._dynamo.maybe_mark_dynamic(pool, 0)
+        # Set while the engine has nothing to run: a background compile waits for it (at most
+        # IDLE_WAIT seconds), so tracing does not compete with a first answer for the GIL.
+        self.idle = threading.Event()
+        # NOTE: the real pools are not marked dynamic: graphs are traced on a dummy pool whose size
+        # is (`_dummy_pool`), so they serve every pool size, and marking would import dynamo here.
 
     @classmethod
     def create(cls, model: CausalLM, kv: list[KVLayer], device: torch.device, quiet: bool = False) -> CompiledDecode | None:
@@ -296,6 +299,7 @@ class CompiledDecode:
         # starts an OpenMP pool in this thread, and it goes when the thread ends (one per compile).
         if self.hold is not None:
             self.hold.wait()
+        self.idle.wait(IDLE_WAIT)
         try:
             with self._lock:  # one compile at a time
                 self.compile_bucket(bucket)

@@ -140,6 +140,12 @@ class EngineCore:
         """Whether any request is waiting or running."""
         return self.scheduler.has_work()
 
+    def set_idle(self, idle: bool) -> None:
+        """Tell background work (the compiled step's compiles) whether the engine is waiting for requests."""
+        compiled = self.runner.compiled
+        if compiled is not None:
+            (compiled.idle.set if idle else compiled.idle.clear)()
+
     def stats(self) -> EngineStats:
         """A snapshot of the counters."""
         return EngineStats(

@@ -132,7 +132,12 @@ class Engine:
         core = self.core
         torch.set_num_threads(engine_threads(self.config.threads))
         while True:
-            messages = [] if core.has_work() else [self._inbox.get()]  # idle: sleep until told
+            if core.has_work():
+                messages = []
+            else:  # idle: sleep until told
+                core.set_idle(True)
+                messages = [self._inbox.get()]
+                core.set_idle(False)
             while True:
                 try:
                     messages.append(self._inbox.get_nowait())

@@ -123,3 +123,22 @@ def test_grown_rope_tables_stay_plain_tensors(tiny_mistral):
     with torch.inference_mode():
         cos, sin = rotary.tables(rotary.tables(1, torch.device("cpu"))[0].shape[0] + 1, torch.device("cpu"))
     assert not cos.is_inference() and not sin.is_inference()
+
+
+def test_the_compile_waits_for_an_idle_engine(tiny_mistral, no_compiler, monkeypatch):
+    # Tracing holds the GIL: started mid-answer it would slow that answer, so it waits until the
+    # engine has nothing to run (or IDLE_WAIT passes).
+    monkeypatch.setattr(compiled_step, "IDLE_WAIT", 60.0)
+    started = []
+    compile_bucket = compiled_step.CompiledDecode.compile_bucket
+
+    def counted(self, bucket):
+        started.append((bucket, self.idle.is_set(), engine.core.has_work()))
+        return compile_bucket(self, bucket)
+
+    monkeypatch.setattr(compiled_step.CompiledDecode, "compile_bucket", counted)
+    with Engine(tiny_mistral, EngineConfig(max_seqs=2, block_size=4, kv_blocks=128, compile=True)) as engine:
+        out = engine.generate("Hello world", params=_greedy(24))
+        assert engine.wait_compiled(60)
+    assert len(out.choices[0].token_ids) == 24
+    assert started == [(1, True, False)]  # once, after the answer, with nothing left to run
