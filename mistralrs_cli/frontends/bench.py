@@ -103,6 +103,7 @@ def run_bench(options: BenchOptions, open_engine: Callable[[], Engine],
         gc.collect()  # one model in memory at a time
         with open_baseline() as base_engine:
             _run(base_engine, [prompt()], 4)
+            base_engine.wait_compiled()  # its batch-1 graph, if it compiles (X-LoRA itself does not)
             (base_one,), _ = _run(base_engine, [prompt()], tokens)
         base_decode = _decode_rate(base_one)
     ttft = one.first - one.submitted
