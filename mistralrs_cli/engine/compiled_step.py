@@ -98,10 +98,8 @@ def cxx_compiler() -> str | None:
 
     NOTE: read without importing torch._inductor (which imports dynamo: ~1.3 s), so an engine that
     compiles pays that import in its compile thread, not before its first answer."""
-    for name in (os.environ.get("CXX"), "g++"):
-        if name and shutil.which(name):
-            return name
-    return None
+    name = os.environ.get("CXX") or "g++"  # inductor's own default for `cpp.cxx`
+    return name if shutil.which(name) else None
 
 
 def unsupported(model: CausalLM, device: torch.device) -> str | None:
