@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mistralrs_cli.errors import GGUFError, WeightError
+from mistralrs_cli.loading import packed_cache
 from mistralrs_cli.loading.gguf_config import check_tensor_names, unpermute_rows
 from mistralrs_cli.loading.gguf_file import GGUFFile, TensorInfo
 from mistralrs_cli.loading.quant import check_supported, dequantize
@@ -15,7 +16,7 @@ from mistralrs_cli.loading.quant_pack import can_pack, int4_linear
 from mistralrs_cli.loading.weights import build_empty_model, load_state_dict
 from mistralrs_cli.models.config import ModelConfig
 from mistralrs_cli.models.mistral import MistralForCausalLM
-from mistralrs_cli.models.quant_linear import QuantEmbedding
+from mistralrs_cli.models.quant_linear import Int4Linear, QuantEmbedding
 
 _DENSE_TYPES = (0, 1, 30)  # F32, F16, BF16: stored as floats already
 
@@ -73,6 +74,8 @@ def load_quantized(g: GGUFFile, cfg: ModelConfig) -> tuple[MistralForCausalLM, d
     expected = _expected_shapes(cfg)
     model = build_empty_model(cfg)
     kinds: Counter[str] = Counter()
+    cache = packed_cache.cache_file(g.path)
+    packed = _Packed(packed_cache.read(cache))
     biases = {ours: name for ours, name in names.items() if ours.endswith(".bias")}
     plain: dict[str, torch.Tensor] = {}
     for ours, name in names.items():
@@ -84,14 +87,16 @@ def load_quantized(g: GGUFFile, cfg: ModelConfig) -> tuple[MistralForCausalLM, d
         module = model.get_submodule(module_name)
         if isinstance(module, nn.Linear):
             bias = _dense(g, biases[module_name + ".bias"], cfg) if module_name + ".bias" in biases else None
-            _set(model, module_name, _linear(g, info, cfg, bias, kinds))
+            _set(model, module_name, _linear(g, info, cfg, bias, kinds, packed))
         elif isinstance(module, nn.Embedding):
             _set(model, module_name, _embedding(g, info, kinds))
             if cfg.tie_word_embeddings:
-                _set(model, "lm_head", _linear(g, info, cfg, None, kinds))
+                _set(model, "lm_head", _linear(g, info, cfg, None, kinds, packed))
         else:
             plain[ours] = _dense(g, name, cfg)
     model.load_state_dict(plain, assign=True, strict=False)
+    if packed.made:  # a first load of this file: keep its packed weights for the next one
+        packed_cache.write(cache, {**(packed.cached or {}), **packed.made})
     leftover = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if leftover:
         raise GGUFError(f"{g.path}: no weights for {leftover[0]!r}")
@@ -103,22 +108,37 @@ def _dense(g: GGUFFile, name: str, cfg: ModelConfig) -> torch.Tensor:
     return dequantize(_raw_rows(g, name, cfg), info.ggml_type, info.shape[-1]).reshape(info.shape).clone()
 
 
-def _linear(g: GGUFFile, info: TensorInfo, cfg: ModelConfig, bias: torch.Tensor | None, kinds: Counter) -> nn.Module:
+class _Packed:
+    """Packed int4 terms per GGUF tensor: read from the cache (loading/packed_cache.py), and made now."""
+
+    def __init__(self, cached: dict[str, packed_cache.Terms] | None) -> None:
+        self.cached = cached
+        self.made: dict[str, packed_cache.Terms] = {}
+
+
+def _linear(g: GGUFFile, info: TensorInfo, cfg: ModelConfig, bias: torch.Tensor | None, kinds: Counter,
+            packed: _Packed | None = None) -> nn.Module:
     rows, cols = info.shape
-    raw = _raw_rows(g, info.name, cfg)
     if can_pack(info.ggml_type) and cols % 32 == 0:
         kinds[f"int4 ({info.type_name})"] += rows * cols
-        layer = int4_linear(raw, info.ggml_type, cols, bias)
-    else:
-        kinds[f"bf16 ({info.type_name})"] += rows * cols
-        layer = nn.Linear(cols, rows, bias=bias is not None, device="meta")
-        layer.weight = nn.Parameter(dequantize(raw, info.ggml_type, cols).to(torch.bfloat16), requires_grad=False)
-        if bias is not None:
-            layer.bias = nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
-        layer = _Bf16Linear(layer)
-    # The packed copy replaces these pages (a quantized embedding re-reads its rows on demand).
+        terms = packed.cached.get(info.name) if packed is not None and packed.cached else None
+        if terms is not None:
+            layer = Int4Linear(terms, cols, rows, bias)
+        else:
+            layer = int4_linear(_raw_rows(g, info.name, cfg), info.ggml_type, cols, bias)
+            if packed is not None:
+                packed.made[info.name] = layer.terms()
+        g.release(info.name)  # the packed copy replaces these pages
+        return layer
+    kinds[f"bf16 ({info.type_name})"] += rows * cols
+    dense = nn.Linear(cols, rows, bias=bias is not None, device="meta")
+    raw = _raw_rows(g, info.name, cfg)
+    dense.weight = nn.Parameter(dequantize(raw, info.ggml_type, cols).to(torch.bfloat16), requires_grad=False)
+    if bias is not None:
+        dense.bias = nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
+    # The packed or dense copy replaces these pages (a quantized embedding re-reads its rows on demand).
     g.release(info.name)
-    return layer
+    return _Bf16Linear(dense)
 
 
 def _embedding(g: GGUFFile, info: TensorInfo, kinds: Counter) -> nn.Module:
