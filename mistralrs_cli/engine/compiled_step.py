@@ -43,7 +43,7 @@ import torch
 import torch.fx.experimental._config
 import torch.nn.functional as F
 
-from mistralrs_cli.loading.default_model import cache_dir
+from mistralrs_cli.loading.cache_dir import cache_dir
 from mistralrs_cli.models import matmul_choice
 from mistralrs_cli.models.attention import AttentionBatch, KVLayer
 from mistralrs_cli.models.contract import CausalLM

@@ -13,11 +13,11 @@ When none works (offline) the error is one line saying what to run.
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mistralrs_cli.errors import ModelSourceError
+from mistralrs_cli.loading.cache_dir import cache_dir
 from mistralrs_cli.loading.loaded import LoadedModel
 from mistralrs_cli.loading.spec import LoadOptions
 
@@ -31,12 +31,6 @@ class DefaultModel:
 
     origin: str  # "cache" | "package" | "download"
     gguf_path: Path
-
-
-def cache_dir() -> Path:
-    """mistralrs' own cache folder (`$MISTRALRS_CACHE`, else ~/.cache/mistralrs)."""
-    env = os.environ.get("MISTRALRS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mistralrs"
 
 
 def package_gguf() -> Path | None:

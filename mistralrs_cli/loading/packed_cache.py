@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mistralrs_cli.loading.default_model import cache_dir
+from mistralrs_cli.loading.cache_dir import cache_dir
 from mistralrs_cli.models.quant_linear import block_n
 
 log = logging.getLogger(__name__)
