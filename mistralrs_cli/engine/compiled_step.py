@@ -167,6 +167,12 @@ def _decode_step(
     return model.lm_head(model.model.norm(x)[:, 0]).float()
 
 
+def _first_line(e: Exception) -> str:
+    """An exception in one line (type and the first line of its message), for a warning."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def _fresh_copy(fn: types.FunctionType) -> types.FunctionType:
     """`fn` with its own code object (so its own dynamo cache)."""
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
@@ -282,7 +288,7 @@ class CompiledDecode:
                 with torch.fx.experimental._config.patch(use_duck_shape=False), inductor_config.patch({"cpp.threads": threads}):
                     step(*args)
             except Exception as e:  # noqa: BLE001 - a compiler error, a graph break, an inductor bug: stay eager
-                why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                why = _first_line(e)
                 self.failed[bucket] = why
                 log.warning("compiling the decode step for batch bucket %d failed (%s); it stays eager", bucket, why)
                 log.debug("the compiled decode step's failure", exc_info=True)
@@ -355,7 +361,7 @@ class CompiledDecode:
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=self.skip_guards):
                 logits = step(*self._inputs(ids, positions, write_slots, ctx_slots, key_positions, self.kv))
         except Exception as e:  # noqa: BLE001 - an inductor bug at run time: this bucket stays eager
-            why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            why = _first_line(e)
             self.failed[bucket] = why
             del self.steps[bucket]
             log.warning("the compiled decode step for batch bucket %d failed (%s); it stays eager", bucket, why)

@@ -117,17 +117,16 @@ class _Packed:
 
 
 def _linear(g: GGUFFile, info: TensorInfo, cfg: ModelConfig, bias: torch.Tensor | None, kinds: Counter,
-            packed: _Packed | None = None) -> nn.Module:
+            packed: _Packed) -> nn.Module:
     rows, cols = info.shape
     if can_pack(info.ggml_type) and cols % 32 == 0:
         kinds[f"int4 ({info.type_name})"] += rows * cols
-        terms = packed.cached.get(info.name) if packed is not None and packed.cached else None
+        terms = (packed.cached or {}).get(info.name)
         if terms is not None:
             layer = Int4Linear(terms, cols, rows, bias)
         else:
             layer = int4_linear(_raw_rows(g, info.name, cfg), info.ggml_type, cols, bias)
-            if packed is not None:
-                packed.made[info.name] = layer.terms()
+            packed.made[info.name] = layer.terms()
         g.release(info.name)  # the packed copy replaces these pages
         return layer
     kinds[f"bf16 ({info.type_name})"] += rows * cols

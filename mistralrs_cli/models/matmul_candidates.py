@@ -23,7 +23,7 @@ from typing import ClassVar, Protocol
 import torch
 import torch.nn.functional as F
 
-from mistralrs_cli.models.quant_linear import GROUP, Int4Linear, unpack_int4
+from mistralrs_cli.models.quant_linear import Int4Linear, unpack_int4
 
 
 class Candidate(Protocol):
@@ -57,18 +57,13 @@ class Int4Pack:
         return 0  # shares the layer's packed weight
 
     def __init__(self, layer: Int4Linear) -> None:
-        self.terms, self.n = layer.terms(), layer.out_features
+        self.layer = layer
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        xb = x.to(torch.bfloat16)
-        y = None
-        for packed, scale_zero in self.terms:
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, GROUP, scale_zero)
-            y = out if y is None else y + out
-        return y[:, : self.n].float()
+        return self.layer._int4(x).float()  # the layer's own int4 path, whatever else it routes to
 
     def nbytes(self) -> int:
-        return sum(p.numel() + 2 * sz.numel() for p, sz in self.terms)
+        return sum(p.numel() + 2 * sz.numel() for p, sz in self.layer.terms())
 
 
 class Int8WeightOnly:

@@ -12,8 +12,6 @@ elementwise kernels reorder a few float ops; measured); we allow 1e-5, as the ba
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 from dataclasses import replace
 
@@ -25,6 +23,7 @@ from mistralrs_cli.engine import Engine, EngineConfig, SamplingParams, compiled_
 from mistralrs_cli.engine.compiled_step import (
     batch_bucket,
     ctx_bucket,
+    cxx_compiler,
     inductor_cache_dir,
     unsupported,
 )
@@ -34,7 +33,7 @@ from tests.engine.helpers import prompts, run_core
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile needs a C++ compiler"),
+    pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile needs a C++ compiler"),
 ]
 
 TOL = 1e-5
