@@ -305,8 +305,9 @@ def compute_layers(model: torch.nn.Module) -> list:
 
 
 class LazyCandidate:
-    """A candidate whose weight copy is built on its first call (or by `materialize`): a model that
-    never runs a batch of LARGE_M rows (a chat) never pays its memory or its build time."""
+    """A candidate whose weight copy is built on its first call (or by `materialize`): loading stays
+    fast, and a model that never multiplies LARGE_M rows at once (prompts and batches both count)
+    never pays its memory or its build time."""
 
     def __init__(self, name: str, layer: torch.nn.Module) -> None:
         self.name, self.compilable = name, CANDIDATES[name].compilable
