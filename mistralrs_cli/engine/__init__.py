@@ -2,6 +2,7 @@
 
 from mistralrs_cli.engine.config import EngineConfig
 from mistralrs_cli.engine.engine import Engine
+from mistralrs_cli.engine.guided import GUIDE_KINDS, Guide
 from mistralrs_cli.engine.outputs import (
     Choice,
     Delta,
@@ -18,6 +19,8 @@ __all__ = [
     "Choice",
     "Delta",
     "Engine",
+    "GUIDE_KINDS",
+    "Guide",
     "EngineConfig",
     "EngineError",
     "EngineStats",

@@ -33,14 +33,16 @@ def prompt_ids(
     prompt: str | list[int] | None,
     messages: list[dict[str, Any]] | None,
     vocab_size: int,
+    tools: list[Any] | None = None,
 ) -> list[int]:
-    """Token ids of a text prompt, a list of ids, or chat messages (exactly one of them)."""
+    """Token ids of a text prompt, a list of ids, or chat messages (exactly one of them; `tools` go
+    to the chat template)."""
     if (prompt is None) == (messages is None):
         raise RequestError("give exactly one of a prompt or chat messages")
     if messages is not None:
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise RequestError("messages must be a list of {role, content} objects")
-        ids = tokenizer.encode_chat(messages)
+        ids = tokenizer.encode_chat(messages, tools=tools)
     elif isinstance(prompt, str):
         ids = tokenizer.encode(prompt)
     else:
@@ -59,6 +61,7 @@ def reject_oversized(
     messages: list[dict[str, Any]] | None,
     params: SamplingParams,
     limits: Limits,
+    tools: list[Any] | None = None,
 ) -> None:
     """ContextLengthError, before any tokenizing, for a text too long for the context by its length alone."""
     bound = tokenizer.bound
@@ -67,7 +70,7 @@ def reject_oversized(
     if isinstance(prompt, str) and messages is None:
         text = prompt
     elif prompt is None and isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
-        text = tokenizer.render_chat(messages)  # cheap next to tokenizing (7 ms for 8 MB)
+        text = tokenizer.render_chat(messages, tools=tools)  # cheap next to tokenizing (7 ms for 8 MB)
     else:
         return  # token ids are counted as they are; prompt_ids reports malformed requests
     room = _room(params, limits)

@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
+from mistralrs_cli.engine import guided
 from mistralrs_cli.engine.admission import Limits, fit_prompt, prompt_ids
 from mistralrs_cli.engine.block_manager import BlockManager
 from mistralrs_cli.engine.config import EngineConfig
+from mistralrs_cli.engine.guided import GuideCompiler, MaskBuilder
 from mistralrs_cli.engine.model_runner import ModelRunner, block_bytes
 from mistralrs_cli.engine.outputs import (
     FINISH_ABORT,
@@ -72,6 +74,8 @@ class EngineCore:
             lambda tokens: self.blocks.max_blocks(tokens, chunk),
         )
         self.requests: dict[str, Request] = {}
+        self.guides = GuideCompiler(self.tokenizer, cfg.vocab_size, self.tokenizer.eos_token_ids)
+        self.masks = MaskBuilder()
         self.scalings = ScalingsStore()  # X-LoRA per-token scalings of finished choices, when asked
         # Streams end only after the stats were published, so a consumer that sees its
         # request end also sees the cache it held as freed.
@@ -88,13 +92,18 @@ class EngineCore:
         params: SamplingParams | None,
         extensions: dict[str, Any] | None,
         abort: Callable[[str], None],
+        tools: list[Any] | None = None,
     ) -> Request:
-        """Tokenize and validate a request (RequestError if it can never run); safe in any thread."""
+        """Tokenize and validate a request (RequestError if it can never run); safe in any thread.
+
+        `tools` (OpenAI tool objects) are given to the chat template with the messages.
+        """
         params = params or SamplingParams()
-        ids = prompt_ids(self.tokenizer, prompt, messages, self.limits.vocab_size)
+        ids = prompt_ids(self.tokenizer, prompt, messages, self.limits.vocab_size, tools)
         ids, max_tokens = fit_prompt(ids, params, self.limits)
         eos = frozenset() if params.ignore_eos else self.tokenizer.eos_token_ids
         repeat_last_n = params.repeat_last_n
+        matcher = self.guides.matcher(params.guide) if params.guide is not None else None
         return Request(
             request_id,
             ids,
@@ -104,6 +113,7 @@ class EngineCore:
             eos | frozenset(params.stop_token_ids),
             RequestStream(request_id, ids, params.n, abort),
             dict(extensions or {}),
+            matcher,
         )
 
     def add(self, request: Request) -> None:
@@ -201,8 +211,11 @@ class EngineCore:
             rows += [row] * len(family)
         if not seqs:
             return
-        out = sample(logits[rows], seqs)
+        out = sample(logits[rows], seqs, self.masks.bitmask([s.matcher for s in seqs], logits.shape[1]))
         for i, seq in enumerate(seqs):
+            if seq.matcher is not None and seq.matcher.is_error():  # e.g. the grammar's per-step budget ran out
+                self._fail_choice(seq, f"the output constraint failed: {guided.one_line(seq.matcher.get_error())}")
+                continue
             self._append(seq, i, out)
             if self.config.no_kv_cache and seq.status is Status.RUNNING:
                 self.blocks.free_seq(seq)
@@ -263,12 +276,20 @@ class EngineCore:
         text, ids, logprobs = "", (), None
         if token in request.stop_token_ids:
             finish, reason = FINISH_STOP, token
+        elif seq.matcher is not None and not seq.matcher.consume_token(token):
+            self._fail_choice(seq, f"the output constraint failed: {guided.one_line(seq.matcher.get_error())}")
+            return
         else:
             ids = (token,)
             logprobs = self._logprobs(seq, row, out)
             text, matched = seq.stops.feed(seq.detok.push(token))
             if matched is not None:
                 finish, reason = FINISH_STOP, matched
+        if finish is None and seq.matcher is not None and seq.matcher.is_stopped():
+            # The constraint is complete (only end-of-sequence could follow): stop now, a step early.
+            tail, matched = seq.stops.feed(seq.detok.flush())
+            text += tail + (seq.stops.flush() if matched is None else "")
+            finish, reason = FINISH_STOP, matched
         if finish is None and (seq.num_output >= request.max_tokens or seq.num_tokens >= self.limits.max_model_len):
             tail, matched = seq.stops.feed(seq.detok.flush())
             text += tail if matched is not None else tail + seq.stops.flush()

@@ -59,13 +59,17 @@ class Engine:
         params: SamplingParams | None = None,
         request_id: str | None = None,
         extensions: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> RequestStream:
-        """Validate and queue a request; raises RequestError for a request that can never run."""
+        """Validate and queue a request; raises RequestError for a request that can never run.
+
+        `tools` (OpenAI tool objects) are passed to the chat template (see `template_takes_tools`).
+        """
         rid = request_id or f"req-{next(self._ids)}"
         # A text whose length alone cannot fit is refused here, before the tokenizer spends
         # seconds on it (every frontend submits through here: serve, batch, chat).
-        reject_oversized(self.loaded.tokenizer, prompt, messages, params or SamplingParams(), self.core.limits)
-        request = self.core.new_request(rid, prompt, messages, params, extensions, self.abort)
+        reject_oversized(self.loaded.tokenizer, prompt, messages, params or SamplingParams(), self.core.limits, tools)
+        request = self.core.new_request(rid, prompt, messages, params, extensions, self.abort, tools)
         with self._lock:  # NOTE: so no request can be queued behind the stop message
             if self._closed:
                 raise EngineError("the engine is shut down")
@@ -89,6 +93,11 @@ class Engine:
     def scalings(self, request_id: str) -> dict[int, ChoiceScalings]:
         """X-LoRA per-token scalings of a finished request's choices (asked with `xlora_scalings`)."""
         return self.core.scalings.get(request_id)
+
+    @property
+    def template_takes_tools(self) -> bool:
+        """Whether the model's chat template renders `tools` itself; if not, a frontend describes them in a message."""
+        return self.loaded.tokenizer.template_takes_tools
 
     def stats(self) -> EngineStats:
         """Counters as of the end of the last engine step."""

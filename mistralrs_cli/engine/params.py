@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from mistralrs_cli.engine.guided import Guide
 from mistralrs_cli.errors import RequestError
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit; each extra id costs a decode per token
@@ -37,6 +38,7 @@ class SamplingParams:
     n: int = 1
     logprobs: bool = False
     top_logprobs: int = 0
+    guide: Guide | None = None  # constrained decoding: JSON Schema, regex, grammar or choice
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -50,7 +52,7 @@ class SamplingParams:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SamplingParams:
         """Build from a JSON-like dict (None values mean "default"); unknown keys are an error."""
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)} - {"extra", "guide"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise RequestError(f"unknown sampling parameter {unknown[0]!r}")
@@ -93,6 +95,8 @@ class SamplingParams:
             raise RequestError(f"n must be between 1 and 128, got {self.n}")
         if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise RequestError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.top_logprobs}")
+        if self.guide is not None and not isinstance(self.guide, Guide):
+            raise RequestError(f"guide must be a Guide, got {type(self.guide).__name__}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise RequestError(f"seed must be an integer, got {self.seed!r}")
 

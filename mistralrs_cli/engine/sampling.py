@@ -14,6 +14,7 @@ import torch
 
 from kernels_cuda.dispatch import available as kernels_available
 from kernels_cuda.dispatch import kernel
+from mistralrs_cli.engine.guided import apply_bitmask
 from mistralrs_cli.engine.sequence import Sequence
 
 
@@ -101,10 +102,16 @@ def probabilities(x: torch.Tensor, seqs: list[Sequence], use_kernel: bool) -> to
     return filter_logits(x, seqs).softmax(-1)
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleOutput:
-    """Pick one token per row of f32 logits (R, vocab) for the given sequences."""
+def sample(logits: torch.Tensor, seqs: list[Sequence], bitmask: torch.Tensor | None = None) -> SampleOutput:
+    """Pick one token per row of f32 logits (R, vocab) for the given sequences.
+
+    `bitmask` (rows, ceil(vocab/32)) holds the tokens each row's output constraint allows;
+    it applies after the penalties and before temperature and the top-k/top-p/min-p filters.
+    """
     dev = logits.device
     x = apply_penalties(logits, seqs)
+    if bitmask is not None:
+        x = apply_bitmask(x, bitmask)
     greedy_ids = x.argmax(-1)
     if all(s.params.greedy for s in seqs):
         tokens = greedy_ids

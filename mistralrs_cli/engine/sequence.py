@@ -32,6 +32,7 @@ class Request:
     stop_token_ids: frozenset[int]  # eos ids (unless ignore_eos) plus the request's own
     stream: RequestStream
     extensions: dict[str, Any] = field(default_factory=dict)
+    matcher: Any = None  # llguidance matcher at the output's start, when params.guide is set
     arrival: float = field(default_factory=time.monotonic)
     # Engine-thread bookkeeping for usage and the final delta.
     choices_left: int = 0
@@ -68,6 +69,8 @@ class Sequence:
         self.generator = _generator(request.params, index)
         self.detok: IncrementalDetokenizer = tokenizer.detokenizer(request.prompt_ids)
         self.stops = StopStringMatcher(request.params.stop)
+        # Each choice walks its own copy of the constraint (a fork copies its parent's state).
+        self.matcher = request.matcher.deep_copy() if request.matcher is not None else None
 
     @property
     def params(self) -> SamplingParams:
@@ -88,6 +91,7 @@ class Sequence:
         """A sibling choice sharing this prompt; the caller shares the blocks in the block manager."""
         child = Sequence(self.request, index, list(self.token_ids), tokenizer)
         child.num_computed = self.num_computed
+        child.matcher = self.matcher.deep_copy() if self.matcher is not None else None
         child.status = self.status
         return child
 

@@ -69,17 +69,27 @@ class TextTokenizer:
         """Text of `ids`."""
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """Prompt text for a chat; needs a chat template."""
+    @property
+    def template_takes_tools(self) -> bool:
+        """Whether the chat template renders a `tools` list itself (transformers' convention)."""
+        return self.chat_template is not None and "tools" in self.chat_template.source
+
+    def render_chat(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, tools: list[Any] | None = None
+    ) -> str:
+        """Prompt text for a chat; needs a chat template. `tools` (OpenAI's tool objects) go to the template."""
         from mistralrs_cli.errors import TokenizerError
 
         if self.chat_template is None:
             raise TokenizerError("this model has no chat template; pass one with -c/--chat-template")
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+        extra = {"tools": tools} if tools else {}
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
 
-    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, tools: list[Any] | None = None
+    ) -> list[int]:
         """Token ids of a rendered chat (as transformers: the template already holds bos)."""
-        return self.encode(self.render_chat(messages, add_generation_prompt), add_special_tokens=False)
+        return self.encode(self.render_chat(messages, add_generation_prompt, tools), add_special_tokens=False)
 
     def detokenizer(self, prompt_ids: list[int] | None = None) -> IncrementalDetokenizer:
         """A streaming decoder for generated ids (prompt ids give context for leading spaces)."""
