@@ -52,13 +52,17 @@ class ChatFlags:
     messages: Path | None = None
     markdown: bool = True
     sampling: SamplingFlags = SamplingFlags()
+    json_schema: Path | None = None  # --json-schema FILE
+    regex: str | None = None  # --regex PATTERN
 
     def options(self, g: GlobalOptions) -> ChatOptions:
-        """The chat frontend's options."""
+        """The chat frontend's options; the constraint's file is read now (RequestError: one line, exit 2)."""
+        from mistralrs_cli.frontends.chat_constraint import flags_constraint
         from mistralrs_cli.frontends.options import ChatOptions
 
         return ChatOptions(sampling=self.sampling.params(), system=self.system, messages_file=self.messages,
-                           markdown=self.markdown, log_file=g.log)
+                           markdown=self.markdown, log_file=g.log,
+                           constraint=flags_constraint(self.json_schema, self.regex))
 
 
 @dataclass(frozen=True)

@@ -61,9 +61,12 @@ def chat(
     top_k: o.TopK = None,
     max_tokens: o.MaxTokens = None,
     seed: o.Seed = None,
+    json_schema: o.JsonSchema = None,
+    regex: o.Regex = None,
 ) -> None:
     """Chat with the model; pick a model subcommand or use the embedded default."""
-    _choose(ctx, ChatFlags(system, messages, not no_markdown, SamplingFlags(temperature, top_p, top_k, max_tokens, seed)))
+    sampling = SamplingFlags(temperature, top_p, top_k, max_tokens, seed)
+    _choose(ctx, ChatFlags(system, messages, not no_markdown, sampling, json_schema=json_schema, regex=regex))
 
 
 @batch_app.callback(invoke_without_command=True)

@@ -10,6 +10,7 @@ import typer
 MODEL = "Model options"
 SOURCE = "Source options"
 SAMPLING = "Sampling options"
+CONSTRAINT = "Output constraint (one of)"
 
 # --- model subcommands -------------------------------------------------------------------
 ModelId = Annotated[
@@ -109,6 +110,18 @@ BatchMaxTokens = Annotated[
     typer.Option("--max-tokens", help="Default most tokens per answer; a line's own max_tokens overrides it.", rich_help_panel=SAMPLING),
 ]
 Seed = Annotated[int | None, typer.Option("--seed", help="Seed for reproducible sampling.", rich_help_panel=SAMPLING)]
+
+# --- output constraint (chat) -------------------------------------------------------------------
+JsonSchema = Annotated[
+    Path | None,
+    typer.Option("--json-schema", metavar="<file>", help="Hold every answer to the JSON Schema in the file (a JSON object): "
+                 "the output parses and validates. The REPL's /schema changes it.", rich_help_panel=CONSTRAINT),
+]
+Regex = Annotated[
+    str | None,
+    typer.Option("--regex", metavar="<pattern>", help="Hold every answer to this regex, matched against the whole "
+                 "answer (Rust regex syntax). The REPL's /regex changes it.", rich_help_panel=CONSTRAINT),
+]
 
 # --- serving ---------------------------------------------------------------------------------
 Port = Annotated[int | None, typer.Option("-p", "--port", help="Serve the OpenAI-compatible API on this port.")]

@@ -10,9 +10,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from mistralrs_cli.engine import Engine, EngineError, RequestStream, SamplingParams
+from mistralrs_cli.engine import Engine, EngineError, Guide, RequestStream, SamplingParams
 from mistralrs_cli.engine.admission import fit_prompt
 from mistralrs_cli.errors import MistralrsError, RequestError
+from mistralrs_cli.frontends.chat_constraint import Constraint
 from mistralrs_cli.frontends.options import ChatOptions, explicit_values
 from mistralrs_cli.frontends.request_log import RequestLog, now_iso
 
@@ -54,6 +55,7 @@ class EngineReply:
     def __init__(self, stream: RequestStream, log: RequestLog | None = None, request: dict[str, Any] | None = None) -> None:
         self.stream = stream
         self.completion_tokens = 0
+        self.finish_reason: str | None = None  # set when the stream ends: stop, length, abort...
         self._log, self._request = log, request
 
     def __iter__(self) -> Iterator[str]:
@@ -71,6 +73,7 @@ class EngineReply:
             finish = f"error: {e.message}"
             raise
         finally:
+            self.finish_reason = finish
             if self._log is not None:
                 self._log.write({
                     "time": now_iso(), "mode": "chat", "request_id": self.stream.request_id,
@@ -97,12 +100,21 @@ class EngineChatBackend:
         """The defaults with the session's /params over them (validated again: RequestError if invalid)."""
         return replace(self.defaults, **session) if session else self.defaults
 
-    def stream_chat(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> EngineReply:
-        """Submit a chat; session params override the command-line defaults."""
-        stream = self.engine.submit(messages=messages, params=self.params(params), extensions={"xlora_scalings": True})
+    def stream_chat(self, messages: list[dict[str, Any]], params: dict[str, Any], guide: Guide | None = None) -> EngineReply:
+        """Submit a chat; session params override the command-line defaults; `guide` constrains the answer."""
+        sampling = replace(self.params(params), guide=guide)
+        stream = self.engine.submit(messages=messages, params=sampling, extensions={"xlora_scalings": True})
         self.last_request = stream.request_id
-        logged = {**explicit_values(self.defaults), **params}
-        return EngineReply(stream, self.log, {"messages": messages, "params": logged})
+        logged: dict[str, Any] = {"messages": messages, "params": {**explicit_values(self.defaults), **params}}
+        if guide is not None:
+            logged["guide"] = {"kind": guide.kind, "value": guide.value}
+        return EngineReply(stream, self.log, logged)
+
+    def check_guide(self, guide: Guide) -> None:
+        """Compile `guide` against the model's tokenizer as a request would; RequestError (llguidance's one-line reason)."""
+        # NOTE: the engine compiles a guide per request; doing it once here makes a bad
+        # constraint fail when it is set rather than at the first prompt.
+        self.engine.core.guides.matcher(guide)
 
     def check_params(self, params: dict[str, Any]) -> None:
         """Raise RequestError for session params no turn could use (a bad value, max_tokens past the context)."""
@@ -141,18 +153,33 @@ def run_chat(options: ChatOptions, open_engine: Callable[[], Engine]) -> int:
         raise
     try:
         backend = EngineChatBackend(engine, options.sampling, log)
+        constraint = options.constraint
+        if constraint is not None:  # compiled once now: a bad schema or regex fails before any answer
+            try:
+                backend.check_guide(constraint.guide)
+            except RequestError as e:
+                raise RequestError(constraint.flag_error(e.message)) from None
         if one_shot:
             head = [{"role": "system", "content": system}] if system else []
-            for piece in backend.stream_chat(head + messages, {}):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            return 0
+            return answer_once(backend, head + messages, constraint)
         from mistralrs_cli.frontends.chat_repl import ChatRepl, ChatState
 
-        return ChatRepl(backend, ChatState(system=system), markdown=options.markdown).run()
+        return ChatRepl(backend, ChatState(system=system, constraint=constraint), markdown=options.markdown).run()
     finally:
         engine.shutdown()
         if log is not None:
             log.close()
+
+
+def answer_once(backend: EngineChatBackend, messages: list[dict[str, Any]], constraint: Constraint | None) -> int:
+    """Stream one answer to stdout; a constrained answer cut by the length limit gets a warning on stderr."""
+    reply = backend.stream_chat(messages, {}, constraint.guide if constraint is not None else None)
+    for piece in reply:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if constraint is not None and reply.finish_reason == "length":
+        # NOTE: still exit 0, as for any answer cut at max_tokens; stdout holds what was produced.
+        sys.stderr.write(f"warning: {constraint.incomplete()}; raise --max-tokens\n")
+    return 0

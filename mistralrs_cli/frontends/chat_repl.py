@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory
@@ -16,8 +16,12 @@ from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 from rich.markup import escape
 
-from mistralrs_cli.errors import ContextLengthError, MistralrsError
+from mistralrs_cli.errors import ContextLengthError, MistralrsError, RequestError
+from mistralrs_cli.frontends.chat_constraint import Constraint, regex_constraint, schema_constraint
 from mistralrs_cli.frontends.chat_render import ReplyPrinter
+
+if TYPE_CHECKING:
+    from mistralrs_cli.engine import Guide
 
 HELP = """\
 /help               this help
@@ -27,6 +31,8 @@ HELP = """\
 /save <file>        save the conversation as JSON
 /load <file>        load a conversation saved with /save (or a JSON list of messages)
 /read <file>        send a file's content as your message
+/schema <file>      hold the answers to the JSON Schema in <file> (off: clear; alone: show)
+/regex <pattern>    hold the answers to a regex (off: clear; alone: show)
 /regen              regenerate the last reply
 /stats              model and session statistics
 /scalings           X-LoRA models: which adapter dominated each token of the last reply
@@ -49,12 +55,16 @@ class Reply(Protocol):
     @property
     def completion_tokens(self) -> int: ...
 
+    @property
+    def finish_reason(self) -> str | None: ...
+
 
 class ChatBackend(Protocol):
     """What the REPL needs from the engine."""
 
-    def stream_chat(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> Reply: ...
+    def stream_chat(self, messages: list[dict[str, Any]], params: dict[str, Any], guide: Guide | None = None) -> Reply: ...
     def check_params(self, params: dict[str, Any]) -> None: ...
+    def check_guide(self, guide: Guide) -> None: ...
     def describe(self) -> dict[str, Any]: ...
     def scalings_view(self) -> Any: ...
 
@@ -94,6 +104,7 @@ class ChatState:
     system: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    constraint: Constraint | None = None  # --json-schema / --regex, then /schema and /regex
     replies: int = 0
     tokens: int = 0
     seconds: float = 0.0
@@ -153,14 +164,18 @@ class ChatRepl:
 
     def _reply(self) -> bool:
         """Stream one reply to the conversation; on an error print one line and return False."""
-        printer = ReplyPrinter(self.markdown)
+        constraint = self.state.constraint
+        # NOTE: a constrained answer is JSON or text of a set shape: printed as it is, never
+        # re-rendered as Markdown (a "**" or "- " inside a JSON string would be reformatted).
+        printer = ReplyPrinter(self.markdown and constraint is None)
         start = time.perf_counter()
         first: float | None = None
         reply: Reply | None = None
         stopped = False
         try:
             try:
-                reply = self.backend.stream_chat(self.state.conversation(), dict(self.state.params))
+                reply = self.backend.stream_chat(self.state.conversation(), dict(self.state.params),
+                                                 constraint.guide if constraint is not None else None)
             except MistralrsError as e:
                 self._turn_error(e)
                 return False
@@ -185,8 +200,12 @@ class ChatRepl:
         self.state.tokens += n
         self.state.seconds += elapsed
         rate = n / max(elapsed - (first or 0), 1e-9) if n > 1 else 0.0
-        note = " · stopped" if stopped else ""
+        cut = not stopped and reply is not None and reply.finish_reason == "length"
+        note = " · stopped" if stopped else " · length limit" if cut else ""
         self.err.print(f"[dim]{n} tokens · {rate:.1f} tok/s · first token {first or 0:.2f} s{note}[/]")
+        if cut and constraint is not None:
+            self.err.print(f"[yellow]{escape(constraint.incomplete())}; /params max_tokens=N allows more[/]",
+                           soft_wrap=True)
         return True
 
     def _turn_error(self, e: MistralrsError) -> None:
@@ -213,6 +232,7 @@ class ChatRepl:
             "/system": self._system, "/clear": self._clear, "/params": self._params,
             "/save": self._save, "/load": self._load, "/stats": self._stats,
             "/regen": self._regen, "/read": self._read, "/scalings": self._scalings,
+            "/schema": self._schema, "/regex": self._regex,
         }
         handler = handlers.get(cmd)
         if handler is None:
@@ -252,6 +272,27 @@ class ChatRepl:
         self.state.params = params
         shown = ", ".join(f"{k}={v}" for k, v in self.state.params.items()) or "defaults"
         self.err.print(f"params: {shown}")
+
+    def _schema(self, arg: str) -> None:
+        self._constrain(arg, schema_constraint)
+
+    def _regex(self, arg: str) -> None:
+        self._constrain(arg, regex_constraint)
+
+    def _constrain(self, arg: str, build: Callable[[str], Constraint]) -> None:
+        """/schema, /regex: alone show the constraint; `off` clears it; else set one the engine compiles
+        (a file, schema or regex it refuses raises, and the previous constraint stays)."""
+        if arg == "off":
+            self.state.constraint = None
+        elif arg:
+            constraint = build(arg)
+            try:
+                self.backend.check_guide(constraint.guide)
+            except RequestError as e:
+                raise RequestError(constraint.located(e.message)) from None
+            self.state.constraint = constraint
+        shown = self.state.constraint.describe() if self.state.constraint is not None else "none (free text)"
+        self.err.print(f"constraint: {escape(shown)}", soft_wrap=True)
 
     def _save(self, arg: str) -> None:
         if not arg:

@@ -9,6 +9,7 @@ from typing import Any
 
 from mistralrs_cli.engine import SamplingParams
 from mistralrs_cli.errors import ConfigError
+from mistralrs_cli.frontends.chat_constraint import Constraint
 
 # CLI chat and batch are greedy unless told otherwise: reproducible answers by default.
 CLI_DEFAULTS: dict[str, Any] = {"temperature": 0.0}
@@ -32,13 +33,16 @@ def explicit_values(params: SamplingParams) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ChatOptions:
-    """`mistralrs chat`: the sampling defaults (session /params override them per message) and the I/O."""
+    """`mistralrs chat`: the sampling defaults (session /params override them per message), the output
+    constraint and the I/O."""
 
     sampling: SamplingParams
     system: str | None = None
     messages_file: Path | None = None  # one-shot: a JSON list of messages ('-' = stdin)
     markdown: bool = True
     log_file: Path | None = None  # --log
+    # --json-schema / --regex: every answer (one-shot and REPL) is held to it; the REPL's /schema changes it.
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)
