@@ -45,6 +45,13 @@ def _answer(args: list[str], prompt: str) -> tuple[int, str, str]:
     return res.exit_code, res.stdout, res.stderr
 
 
+def test_chat_help_lists_the_constraint_flags():
+    code, out = run_cli(["chat", "--help"])
+    assert code == 0
+    for needle in ("Output constraint", "--json-schema", "<file>", "--regex", "<pattern>", "/schema", "/regex"):
+        assert needle in out, (needle, out)
+
+
 # --- bad input: one line, exit 2 ---------------------------------------------------------------
 
 def test_both_flags_are_refused(city_schema):
