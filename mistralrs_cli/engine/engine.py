@@ -19,6 +19,7 @@ import torch
 from mistralrs_cli.engine.admission import reject_oversized
 from mistralrs_cli.engine.config import EngineConfig
 from mistralrs_cli.engine.core import EngineCore
+from mistralrs_cli.engine.guided import Guide
 from mistralrs_cli.engine.outputs import EngineError, EngineStats, RequestOutput
 from mistralrs_cli.engine.params import SamplingParams
 from mistralrs_cli.engine.scalings import ChoiceScalings
@@ -93,6 +94,14 @@ class Engine:
     def scalings(self, request_id: str) -> dict[int, ChoiceScalings]:
         """X-LoRA per-token scalings of a finished request's choices (asked with `xlora_scalings`)."""
         return self.core.scalings.get(request_id)
+
+    def check_guide(self, guide: Guide) -> None:
+        """Compile an output constraint as a request would; RequestError with the one-line reason.
+
+        For frontends that take a constraint once and use it for many requests (chat's
+        --json-schema): a bad one fails when it is set, not at the first prompt.
+        """
+        self.core.guides.matcher(guide)
 
     @property
     def template_takes_tools(self) -> bool:

@@ -112,9 +112,7 @@ class EngineChatBackend:
 
     def check_guide(self, guide: Guide) -> None:
         """Compile `guide` against the model's tokenizer as a request would; RequestError (llguidance's one-line reason)."""
-        # NOTE: the engine compiles a guide per request; doing it once here makes a bad
-        # constraint fail when it is set rather than at the first prompt.
-        self.engine.core.guides.matcher(guide)
+        self.engine.check_guide(guide)
 
     def check_params(self, params: dict[str, Any]) -> None:
         """Raise RequestError for session params no turn could use (a bad value, max_tokens past the context)."""
