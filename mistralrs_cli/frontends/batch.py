@@ -160,9 +160,10 @@ async def _answer(engine: Engine, item: BatchRequest, defaults: SamplingParams) 
     try:
         if item.url == "/v1/chat/completions":
             req = ChatCompletionRequest.model_validate({**item.body, "stream": False})
-            out = await submit_chat(engine, req, defaults).aresult()
+            job = submit_chat(engine, req, defaults)
+            out = await job.stream.aresult()
             outs = [out]
-            body = chat_response(out, model, xlora_field(engine, [out]) if req.xlora_scalings else None)
+            body = chat_response(out, model, xlora_field(engine, [out]) if req.xlora_scalings else None, job.tools)
         else:
             creq = CompletionRequest.model_validate({**item.body, "stream": False})
             outs = [await s.aresult() for s in submit_completions(engine, creq, defaults)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mistralrs_cli.engine import (
@@ -17,16 +17,22 @@ from mistralrs_cli.engine import (
     Usage,
 )
 from mistralrs_cli.errors import RequestError
+from mistralrs_cli.frontends.guided_fields import OutputPlan, output_plan
 from mistralrs_cli.frontends.openai_types import ChatCompletionRequest, CompletionRequest
+from mistralrs_cli.frontends.tool_calls import ToolCall, finish_reason, split_text
+from mistralrs_cli.frontends.tool_prompt import ToolUse, template_messages
 
 _OPENAI_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
                   "frequency_penalty", "repetition_penalty", "logit_bias", "n")
 
 
 def sampling_params(req: ChatCompletionRequest | CompletionRequest,
-                    defaults: SamplingParams | None = None) -> SamplingParams:
+                    defaults: SamplingParams | None = None, plan: OutputPlan | None = None) -> SamplingParams:
     """SamplingParams for a request; fields it leaves unset keep `defaults` (the CLI's; none: the engine's)."""
     values: dict[str, Any] = {k: getattr(req, k) for k in _OPENAI_FIELDS if getattr(req, k) is not None}
+    plan = plan or output_plan(req)
+    if plan.guide is not None:
+        values["guide"] = plan.guide
     limit = req.token_limit()
     if limit is not None:
         values["max_tokens"] = limit
@@ -47,20 +53,43 @@ def extensions(req: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]
     return {"xlora_scalings": True} if req.xlora_scalings else {}
 
 
-def submit_chat(engine: Engine, req: ChatCompletionRequest, defaults: SamplingParams | None = None) -> RequestStream:
-    """Queue a chat request; raises RequestError for invalid values."""
-    return engine.submit(messages=req.plain_messages(), params=sampling_params(req, defaults),
-                         request_id=new_id("chatcmpl"), extensions=extensions(req))
+@dataclass
+class ChatJob:
+    """A submitted chat request: its stream, and the tools whose calls its answer may hold."""
+
+    stream: RequestStream
+    tools: ToolUse | None
+
+
+def submit_chat(engine: Engine, req: ChatCompletionRequest, defaults: SamplingParams | None = None) -> ChatJob:
+    """Queue a chat request; raises RequestError for invalid values (FieldError naming the field, for constraints)."""
+    plan = output_plan(req)
+    params = sampling_params(req, defaults, plan)
+    # The template renders the tools itself when it can; otherwise a system message describes them.
+    native = engine.template_takes_tools
+    messages = template_messages(req.messages, plan.tools, native)
+    tools = [t.model_dump(exclude_none=True) for t in plan.tools.offered()] if plan.tools and native else None
+    try:
+        stream = engine.submit(messages=messages, params=params, request_id=new_id("chatcmpl"),
+                               extensions=extensions(req), tools=tools)
+    except RequestError as e:
+        raise plan.field_error(e) from None
+    return ChatJob(stream, plan.tools)
 
 
 def submit_completions(engine: Engine, req: CompletionRequest,
                        defaults: SamplingParams | None = None) -> list[RequestStream]:
     """Queue one engine request per prompt of a completions request (all or none: a bad prompt aborts the rest)."""
-    params = sampling_params(req, defaults)
+    plan = output_plan(req)
+    params = sampling_params(req, defaults, plan)
     streams: list[RequestStream] = []
     try:
         for p in req.prompts():
             streams.append(engine.submit(p, params=params, request_id=new_id("cmpl"), extensions=extensions(req)))
+    except RequestError as e:
+        for stream in streams:
+            stream.abort()
+        raise plan.field_error(e) from None
     except BaseException:
         for stream in streams:
             stream.abort()
@@ -117,21 +146,29 @@ def completion_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...] | N
     }
 
 
-def chat_response(out: RequestOutput, model: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A `chat.completion` object."""
+def chat_response(out: RequestOutput, model: str, extra: dict[str, Any] | None = None,
+                  tools: ToolUse | None = None) -> dict[str, Any]:
+    """A `chat.completion` object; with `tools`, each choice's calls are parsed out of its text."""
     return {
         "id": out.request_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {"index": c.index, "message": {"role": "assistant", "content": c.text},
-             "logprobs": chat_logprobs(c.logprobs), "finish_reason": _finish(c.finish_reason)}
-            for c in out.choices
-        ],
+        "choices": [_chat_choice(c.index, c.text, c.finish_reason, c.logprobs, tools) for c in out.choices],
         "usage": usage_dict(out.usage),
         **(extra or {}),
     }
+
+
+def _chat_choice(index: int, text: str, reason: str | None, logprobs: Any, tools: ToolUse | None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tools is not None:
+        content, calls, _ = split_text(text, tools.names)
+        message["content"] = content
+        if calls:
+            message["tool_calls"] = [c.as_message() for c in calls]
+        reason = finish_reason(reason, calls)
+    return {"index": index, "message": message, "logprobs": chat_logprobs(logprobs), "finish_reason": _finish(reason)}
 
 
 def completion_response(outs: list[RequestOutput], model: str, echo_prompts: list[str] | None = None) -> dict[str, Any]:
@@ -148,11 +185,14 @@ def completion_response(outs: list[RequestOutput], model: str, echo_prompts: lis
             "usage": sum_usage([o.usage for o in outs])}
 
 
-def chat_chunk(rid: str, model: str, created: int, delta: Delta, first: bool) -> dict[str, Any]:
-    """One `chat.completion.chunk` for a streamed delta."""
-    body: dict[str, Any] = {"content": delta.text} if delta.text or not delta.finish_reason else {}
+def chat_chunk(rid: str, model: str, created: int, delta: Delta, first: bool,
+               calls: list[tuple[int, ToolCall]] | None = None) -> dict[str, Any]:
+    """One `chat.completion.chunk` for a streamed delta (and the tool calls, (index, call), it completed)."""
+    body: dict[str, Any] = {"content": delta.text} if delta.text or not (delta.finish_reason or calls) else {}
     if first:
         body = {"role": "assistant", **body, "content": delta.text}
+    if calls:
+        body["tool_calls"] = [call.as_delta(i) for i, call in calls]
     return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": delta.index, "delta": body, "logprobs": chat_logprobs(delta.logprobs),
                          "finish_reason": _finish(delta.finish_reason)}]}

@@ -1,10 +1,11 @@
 """OpenAI request shapes (chat and completions), shared by `serve` and `batch`.
 
-Known fields with the wrong type are rejected. OpenAI fields this server cannot honour and
-that would change the answer's meaning (`tools`, `response_format`...) are rejected by name
-(UNSUPPORTED), so a client never gets a silently different answer; the harmless ones in
-IGNORED are accepted and ignored. Other unknown fields are ignored, as vLLM does, so
-clients that send vendor extensions keep working.
+Known fields with the wrong type are rejected, and so are unknown fields ("unknown field 'x'"):
+a client must never get a silently different answer than it asked for. Known OpenAI fields this
+server cannot honour (`audio`, `suffix`...) are refused by name (UNSUPPORTED, "'x' is not
+supported yet"); the harmless ones in IGNORED are accepted and ignored. The vendor extensions
+we do honour are fields like any other: top_k, min_p, repetition_penalty, xlora_scalings, and
+vLLM's guided_json / guided_regex / guided_grammar / guided_choice.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -26,6 +26,14 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from mistralrs_cli.engine.params import MAX_TOP_LOGPROBS
+from mistralrs_cli.frontends.openai_base import OpenAIModel
+from mistralrs_cli.frontends.openai_structured import (
+    Echoed,
+    ResponseFormat,
+    Tool,
+    ToolCallItem,
+    ToolChoice,
+)
 
 TEXT_PARTS = ("text", "input_text")
 
@@ -54,16 +62,13 @@ LogitBias = Annotated[
 ]
 
 
-# Known OpenAI (and vLLM) fields that change what the answer means; each gets a 400 naming
-# it until it is supported. A value that asks for nothing (null, [], tool_choice "none",
-# response_format {"type": "text"}, best_of equal to n) is accepted.
-UNSUPPORTED_CHAT = ("tools", "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
-                    "web_search_options")
+# Known OpenAI fields that change what the answer means; each gets a 400 naming it until it
+# is supported. A value that asks for nothing (null, [], function_call "none", best_of equal
+# to n) is accepted.
+UNSUPPORTED_CHAT = ("functions", "function_call", "audio", "modalities", "prediction", "web_search_options")
 UNSUPPORTED_COMPLETION = ("suffix", "best_of")
-UNSUPPORTED_ANY = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 # Known fields accepted and ignored on purpose: they do not change the answer.
-IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
-           "safety_identifier")
+IGNORED = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier")
 # Unsupported fields: any value accepted, checked by _refuse, left out of the OpenAPI document.
 Refused = SkipJsonSchema[Any]
 
@@ -71,10 +76,8 @@ Refused = SkipJsonSchema[Any]
 def _asks_nothing(name: str, value: Any, n: int) -> bool:
     if value is None or value == [] or value == {}:
         return True
-    if name in ("tool_choice", "function_call"):
+    if name == "function_call":
         return value == "none"
-    if name == "response_format":
-        return isinstance(value, dict) and value.get("type") == "text" and len(value) == 1
     return name == "best_of" and value == n
 
 
@@ -85,24 +88,7 @@ def _refuse(value: Any, info: ValidationInfo) -> Any:
     raise PydanticCustomError("unsupported", "'{name}' is not supported yet", {"name": name})
 
 
-class _Lenient(BaseModel):
-    # NaN/Infinity parse from JSON in Python but mean nothing as sampling values.
-    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        # JSON may carry unpaired surrogates ("\ud800"); tokenizers cannot encode them.
-        for s in value if isinstance(value, list) else (value,):
-            if isinstance(s, str) and not s.isascii():
-                try:
-                    s.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ValueError("text contains an unpaired UTF-16 surrogate") from None
-        return value
-
-
-class ContentPart(_Lenient):
+class ContentPart(OpenAIModel):
     """One part of a message's content array; only text parts are understood."""
 
     # Only text: dropping an image silently would answer a different question than the one asked.
@@ -110,12 +96,21 @@ class ContentPart(_Lenient):
     text: str | None = None
 
 
-class ChatMessage(_Lenient):
-    """A chat message; content may be a string or an array of parts."""
+class ChatMessage(OpenAIModel):
+    """A chat message; content may be a string or an array of parts.
+
+    An assistant turn may carry the `tool_calls` it made (content null); a `tool` turn answers
+    one of them by `tool_call_id`.
+    """
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallItem] | None = None
+    tool_call_id: str | None = None
+    refusal: Echoed = None
+    annotations: Echoed = None
+    parsed: Echoed = None  # the SDK's parse() result, echoed back with the message
 
     def text(self) -> str:
         """The message's text, parts joined."""
@@ -126,13 +121,14 @@ class ChatMessage(_Lenient):
         return "".join(p.text or "" for p in self.content if p.type in TEXT_PARTS)
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(OpenAIModel):
     """`stream_options`."""
 
     include_usage: bool | None = False
+    include_obfuscation: bool | None = None  # OpenAI's padding of stream chunks: accepted, none is added
 
 
-class _Sampling(_Lenient):
+class _Sampling(OpenAIModel):
     model: str | None = None
     max_tokens: PositiveInt | None = None
     temperature: float | None = Field(default=None, ge=0.0, description="0 = greedy.")
@@ -148,16 +144,23 @@ class _Sampling(_Lenient):
     logit_bias: LogitBias | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
     # Extension: per-token mean X-LoRA scalings in the response.
     xlora_scalings: bool | None = False
-    response_format: Refused = None
-    guided_json: Refused = None
-    guided_regex: Refused = None
-    guided_choice: Refused = None
-    guided_grammar: Refused = None
-
-    _refuse_any = field_validator(*UNSUPPORTED_ANY, mode="before")(_refuse)
+    # Output constraints (at most one per request; guided_fields.py turns them into a Guide).
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | str | None = Field(default=None, description="vLLM: a JSON Schema (or its text)")
+    guided_regex: Annotated[str, Field(min_length=1)] | None = Field(default=None, description="vLLM: a regex")
+    guided_grammar: Annotated[str, Field(min_length=1)] | None = Field(
+        default=None, description="vLLM: a grammar, Lark (llguidance's dialect) or GBNF")
+    guided_choice: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = Field(
+        default=None, description="vLLM: the answer is exactly one of these strings")
+    # Accepted and ignored (IGNORED): they do not change the answer.
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
 
 
 # As OpenAI: top_logprobs (above 0) needs logprobs: true. Stated in the schema so a client
@@ -178,8 +181,9 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = False
     top_logprobs: TopLogprobs | None = None
-    tools: Refused = None
-    tool_choice: Refused = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = Field(default=None, description='default "auto" when tools are given')
+    parallel_tool_calls: bool | None = Field(default=None, description="default true: one or more calls per answer")
     functions: Refused = None
     function_call: Refused = None
     audio: Refused = None
@@ -188,13 +192,6 @@ class ChatCompletionRequest(_Sampling):
     web_search_options: Refused = None
 
     _refuse_chat = field_validator(*UNSUPPORTED_CHAT, mode="before")(_refuse)
-
-    def plain_messages(self) -> list[dict[str, Any]]:
-        """Messages as {role, content} dicts for the chat template (developer -> system)."""
-        return [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in self.messages
-        ]
 
     def token_limit(self) -> int | None:
         """`max_completion_tokens` wins over the older `max_tokens`."""
@@ -263,10 +260,15 @@ def describe_errors(errors: Sequence[Any], skip: tuple[str, ...] = ()) -> tuple[
     param = ".".join(names) or None
     if best.get("type") == "unsupported":
         return best["msg"], param  # already names the field
+    if best.get("type") == "extra_forbidden":
+        return f"unknown field '{param}'", param
     message = "is required" if best.get("type") == "missing" else best.get("msg", "invalid value")
+    message = message.removeprefix("Value error, ")  # our own validators' reasons, as they wrote them
     return f"{param or 'request'}: {message}", param
 
 
 def _branch_tag(part: str) -> bool:
-    # Field names are snake_case; pydantic's tags look like "list[int]" or "constrained-str".
-    return "[" in part or "-" in part or part in ("str", "int", "float", "bool", "list", "dict", "none", "literal")
+    # Field names are snake_case; pydantic's tags look like "list[int]", "constrained-str" or a
+    # model's class name ("NamedToolChoice").
+    return ("[" in part or "-" in part or part[:1].isupper()
+            or part in ("str", "int", "float", "bool", "list", "dict", "none", "literal"))

@@ -55,7 +55,11 @@ def error_body(message: str, type_: str = INVALID, param: str | None = None, cod
 
 
 def request_error(err: MistralrsError, fields: Sequence[str] = ()) -> ApiError:
-    """A 400 for an invalid request; `param` is the field the engine's message starts with, if any."""
+    """A 400 for an invalid request; `param` is the field the error names (FieldError), else the
+    field the engine's message starts with, if any."""
+    param = getattr(err, "param", None)
+    if param is not None:
+        return ApiError(400, err.message, param=param)
     first = err.message.split(" ", 1)[0]
     return ApiError(400, err.message, param=first if first in fields else None)
 

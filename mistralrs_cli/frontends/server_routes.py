@@ -118,15 +118,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     model = state.resolve_model(body.model)
     ticket = state.admit(1, "/v1/chat/completions", request.scope.setdefault("mistralrs", {}))
     try:
-        ticket.streams = [await _submit(lambda: submit_chat(engine, body), CHAT_FIELDS)]
+        job = await _submit(lambda: submit_chat(engine, body), CHAT_FIELDS)
+        ticket.streams = [job.stream]
     except BaseException:
         ticket.close()
         raise
     if body.stream:
         include = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(chat_events(ticket.streams[0], ticket, model, include), ticket)
+        return _sse(chat_events(job.stream, ticket, model, include, job.tools), ticket)
     extra = (lambda outs: xlora_field(engine, outs)) if body.xlora_scalings else (lambda outs: None)
-    return await _respond(request, ticket, lambda outs: chat_response(outs[0], model, extra(outs)))
+    return await _respond(request, ticket, lambda outs: chat_response(outs[0], model, extra(outs), job.tools))
 
 
 @v1.post("/completions", summary="Text completion (streamed with stream: true)", responses=GENERATED)

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -26,6 +27,8 @@ from mistralrs_cli.frontends.openai_convert import (
 )
 from mistralrs_cli.frontends.server_errors import SERVER, error_body
 from mistralrs_cli.frontends.server_state import Ticket
+from mistralrs_cli.frontends.tool_calls import ToolCallParser, finish_reason
+from mistralrs_cli.frontends.tool_prompt import ToolUse
 
 log = logging.getLogger(__name__)
 
@@ -123,18 +126,33 @@ async def guarded(events: AsyncIterator[str], ticket: Ticket) -> AsyncIterator[s
         ticket.close()
 
 
-async def chat_events(stream: RequestStream, ticket: Ticket, model: str, include_usage: bool) -> AsyncIterator[str]:
-    """`chat.completion.chunk` events: a role chunk first per choice, then text, then finish_reason."""
+async def chat_events(stream: RequestStream, ticket: Ticket, model: str, include_usage: bool,
+                      tools: ToolUse | None = None) -> AsyncIterator[str]:
+    """`chat.completion.chunk` events: a role chunk first per choice, then text, then finish_reason.
+
+    With `tools`, text that may start a call is held back; each call goes out whole, as one
+    `delta.tool_calls` entry, when its block closes.
+    """
     created, rid = int(time.time()), stream.request_id
     seen: set[int] = set()
+    parsers: dict[int, ToolCallParser] = {}
     usage = None
     async for delta in stream:
         ticket.delta(0, delta)
         usage = delta.usage or usage
         first = delta.index not in seen
         seen.add(delta.index)
-        if first or delta.text or delta.finish_reason or delta.logprobs:
-            chunk = chat_chunk(rid, model, created, delta, first)
+        calls: list[tuple[int, Any]] = []
+        if tools is not None:
+            parser = parsers.setdefault(delta.index, ToolCallParser(tools.names))
+            before = len(parser.calls)
+            text, done = parser.feed(delta.text)
+            if delta.finish_reason:
+                text += parser.finish()
+            calls = list(enumerate(done, start=before))
+            delta = replace(delta, text=text, finish_reason=finish_reason(delta.finish_reason, parser.calls))
+        if first or delta.text or delta.finish_reason or delta.logprobs or calls:
+            chunk = chat_chunk(rid, model, created, delta, first, calls)
             if include_usage:
                 chunk["usage"] = None  # as OpenAI: null on every chunk but the last
             yield sse(chunk)

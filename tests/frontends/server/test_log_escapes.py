@@ -33,14 +33,14 @@ def _wait_for_record(path, match, what: str) -> dict:
 
 def test_a_lone_surrogate_in_an_ignored_field_is_answered_and_logged(server: LiveServer, request_log):
     body = json.dumps({"model": "tiny", "messages": MSG, "max_tokens": 2, "temperature": 0,
-                       "user": "surrogate-probe", "foo": "\ud800"})  # ensure_ascii: sent as the escape \ud800
+                       "user": "surrogate-probe", "metadata": {"foo": "\ud800"}})  # ensure_ascii: sent as the escape \ud800
     assert "\\ud800" in body
     with server.http() as http:
         r = http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
     record = _wait_for_record(request_log, lambda r: isinstance(r["request"], dict)
                               and r["request"].get("user") == "surrogate-probe", "the surrogate request")
-    assert record["status"] == 200 and record["request"]["foo"] == "\ud800"  # escaped in the file, read back whole
+    assert record["status"] == 200 and record["request"]["metadata"]["foo"] == "\ud800"  # escaped in the file, read back whole
     assert record["response"]["usage"]["completion_tokens"] == 2
 
 

@@ -34,7 +34,7 @@ def test_models_health_and_openapi(server: LiveServer):
 
 def test_chat_plain_response_shape(server: LiveServer):
     r = server.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=6, temperature=0,
-                                                 user="u1", extra_body={"unknown_field": {"ignored": True}})
+                                                 user="u1", metadata={"ignored": "yes"})
     assert r.id.startswith("chatcmpl-") and r.object == "chat.completion" and r.created > 0
     assert r.model == "tiny"
     (choice,) = r.choices
