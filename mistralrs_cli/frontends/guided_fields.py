@@ -2,8 +2,11 @@
 
 `response_format`, vLLM's `guided_json` / `guided_regex` / `guided_grammar` / `guided_choice`,
 and tools with a `tool_choice` other than "none" each constrain the answer; a request may use
-one of them. The constraint becomes the engine's `Guide`, which the engine compiles against the
-model's tokenizer when the request is submitted (an invalid one fails there, with its reason).
+one of them, except that tools with "auto" combine with a response constraint other than a
+grammar (the answer is then calls, or matches the constraint: what OpenAI does with tools and
+`response_format` together). The constraint becomes the engine's `Guide`, which the engine
+compiles against the model's tokenizer when the request is submitted (an invalid one fails
+there, with its reason).
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ from dataclasses import dataclass
 from mistralrs_cli.engine import Guide
 from mistralrs_cli.errors import RequestError
 from mistralrs_cli.frontends.openai_types import ChatCompletionRequest, CompletionRequest
-from mistralrs_cli.frontends.tool_grammar import auto_grammar, parameters_error, required_grammar
+from mistralrs_cli.frontends.tool_grammar import (
+    answer_or_calls_grammar,
+    answer_rule,
+    auto_grammar,
+    grammar_error,
+    parameters_error,
+    required_grammar,
+)
 from mistralrs_cli.frontends.tool_prompt import ToolUse
 
 
@@ -47,6 +57,10 @@ def output_plan(req: ChatCompletionRequest | CompletionRequest) -> OutputPlan:
     """The request's constraint and tool use; FieldError for contradictions and bad tools."""
     asked = _response_constraints(req)
     use = tool_use(req) if isinstance(req, ChatCompletionRequest) else None
+    if use is not None and use.choice == "auto" and len(asked) == 1:
+        combined = _answer_or_calls(use, *asked[0])
+        if combined is not None:
+            return OutputPlan(combined, asked[0][0], use)
     if use is not None:
         asked.append(("tools", _tool_guide(use)))
     if len(asked) > 1:
@@ -111,12 +125,27 @@ def tool_use(req: ChatCompletionRequest) -> ToolUse | None:
             reason = parameters_error(tool.function.parameters)
             if reason is not None:
                 raise FieldError(f"tools: function '{tool.function.name}': invalid parameters schema: "
-                                 f"{reason.splitlines()[0]}", "tools")
+                                 f"{reason}", "tools")
     mode = "function" if forced is not None else (choice or "auto")
     return ToolUse(tuple(req.tools), mode, forced, req.parallel_tool_calls is not False)
 
 
+def _functions(use: ToolUse) -> list[tuple[str, dict | None]]:
+    return [(t.function.name, t.function.parameters) for t in use.offered()]
+
+
 def _tool_guide(use: ToolUse) -> Guide:
-    functions = [(t.function.name, t.function.parameters) for t in use.offered()]
     make = auto_grammar if use.choice == "auto" else required_grammar
-    return Guide("grammar", make(functions, use.parallel))
+    return Guide("grammar", make(_functions(use), use.parallel))
+
+
+def _answer_or_calls(use: ToolUse, field: str, guide: Guide) -> Guide | None:
+    """One grammar for "auto" tools and a response constraint; None when the constraint cannot nest (a grammar)."""
+    rule = answer_rule(guide.kind, guide.value)
+    if rule is None:
+        return None
+    # Checked alone first, so a bad schema or regex is reported as that (not as a grammar) and names its field.
+    reason = grammar_error(f"start: {rule}")
+    if reason is not None:
+        raise FieldError(f"invalid {guide.kind.replace('_', ' ')}: {reason}", field)
+    return Guide("grammar", answer_or_calls_grammar(_functions(use), use.parallel, rule))

@@ -3,7 +3,8 @@
 "required" or a named function: the answer is nothing but calls, `<tool_call>\\n{json}\\n</tool_call>`
 (1..n of them, "\\n"-separated, when parallel calls are allowed). "auto": free text, but once the
 model writes `<tool_call>` (a lazy lexeme ends the text there) the call is held the same way,
-and only more calls may follow it. Either way a call's JSON is
+and only more calls may follow it; "auto" with a response constraint (a JSON Schema, JSON
+object, regex or choice): either calls or an answer that matches it. Either way a call's JSON is
 `{"name": NAME, "arguments": ARGS}` with ARGS matching that function's `parameters`, so the
 arguments always parse and validate.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mistralrs_cli.engine.guided import one_line
 from mistralrs_cli.frontends.tool_calls import CLOSE, TRIGGER
 
 # No parameters given: the function takes none (OpenAI's meaning), so the arguments are {}.
@@ -39,39 +41,66 @@ def call_schema(name: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _rules(functions: list[tuple[str, dict[str, Any] | None]]) -> str:
+Functions = list[tuple[str, dict[str, Any] | None]]  # (name, parameters) of each callable function
+CALL = f"call: {json.dumps(TRIGGER + chr(10))} call_body {json.dumps(chr(10) + CLOSE)}"
+
+
+def _rules(functions: Functions) -> str:
     # One %json per function: each is its own schema root, and llguidance merges the
     # alternatives into one lexer (as an anyOf), so the model picks the name freely.
     alts = " | ".join(f"fn_{i}" for i in range(len(functions)))
-    rules = [f'call_body: {alts}']
+    rules = [f"call_body: {alts}"]
     rules += [f"fn_{i}: %json {json.dumps(call_schema(n, p))}" for i, (n, p) in enumerate(functions)]
     return "\n".join(rules)
 
 
-def required_grammar(functions: list[tuple[str, dict[str, Any] | None]], parallel: bool) -> str:
+def _grammar(start: str, parallel: bool, *rules: str, functions: Functions) -> str:
+    more = ' ("\\n" call)*' if parallel else ""
+    return "\n".join(["%llguidance {}", f"start: {start}{more}", *rules, CALL, _rules(functions)])
+
+
+def required_grammar(functions: Functions, parallel: bool) -> str:
     """Only calls: one, or 1..n separated by newlines."""
-    more = ' ("\\n" call)*' if parallel else ""
-    return "\n".join([
-        "%llguidance {}",
-        f"start: call{more}",
-        f"call: {json.dumps(TRIGGER + chr(10))} call_body {json.dumps(chr(10) + CLOSE)}",
-        _rules(functions),
-    ])
+    return _grammar("call", parallel, functions=functions)
 
 
-def auto_grammar(functions: list[tuple[str, dict[str, Any] | None]], parallel: bool) -> str:
+def auto_grammar(functions: Functions, parallel: bool) -> str:
     """Free text, or text up to `<tool_call>` followed by held calls (and nothing after them)."""
-    more = ' ("\\n" call)*' if parallel else ""
-    return "\n".join([
-        "%llguidance {}",
-        f"start: TEXT | lead_in first{more}",
+    return _grammar(
+        "TEXT | lead_in first", parallel,
         "TEXT: /(.|\\n)*/",
         # lazy: the lexeme ends as soon as the trigger is written, so the call rules take over.
         f"lead_in[lazy]: TEXT {json.dumps(TRIGGER)}",
-        f"first: \"\\n\" call_body {json.dumps(chr(10) + CLOSE)}",
-        f"call: {json.dumps(TRIGGER + chr(10))} call_body {json.dumps(chr(10) + CLOSE)}",
-        _rules(functions),
-    ])
+        f"first: {json.dumps(chr(10))} call_body {json.dumps(chr(10) + CLOSE)}",
+        functions=functions)
+
+
+def answer_or_calls_grammar(functions: Functions, parallel: bool, answer: str) -> str:
+    """"auto" with a response constraint: an answer that matches it (`answer_rule`), or calls."""
+    return _grammar("answer | call", parallel, f"answer: {answer}", functions=functions)
+
+
+def answer_rule(kind: str, value: Any) -> str | None:
+    """A Lark rule body for an answer held to a response constraint; None for a kind it cannot nest (grammar)."""
+    import llguidance
+
+    if kind == "json_schema":
+        return f"%json {json.dumps(value)}"
+    if kind == "json_object":
+        return '%json {"type": "object"}'
+    if kind == "regex":
+        return f"/{llguidance.regex_to_lark(value, '')}/"  # Rust regex semantics, as a plain guided_regex
+    if kind == "choice":
+        return " | ".join(json.dumps(c) for c in value)
+    return None
+
+
+def grammar_error(grammar: str) -> str | None:
+    """llguidance's reason a Lark grammar is invalid (in one line), or None; no tokenizer needed."""
+    import llguidance
+
+    reason = llguidance.LLMatcher.validate_grammar(llguidance.grammar_from("lark", grammar))
+    return one_line(reason) if reason else None
 
 
 def parameters_error(parameters: dict[str, Any]) -> str | None:
@@ -79,4 +108,5 @@ def parameters_error(parameters: dict[str, Any]) -> str | None:
     import llguidance  # NOTE: only the grammar check, no tokenizer; the engine compiles the real matcher
 
     grammar = llguidance.LLMatcher.grammar_from_json_schema(call_schema("f", parameters))
-    return llguidance.LLMatcher.validate_grammar(grammar) or None
+    reason = llguidance.LLMatcher.validate_grammar(grammar)
+    return one_line(reason) if reason else None

@@ -190,6 +190,17 @@ def test_each_field_becomes_its_guide(fields, kind):
         assert plan.guide == Guide("json_schema", {"type": "integer"})
 
 
+@pytest.mark.parametrize("fields", [
+    {"response_format": {"type": "json_object"}}, {"guided_regex": "[a-z]+/"}, {"guided_choice": ["a", "b"]},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+])
+def test_auto_tools_with_a_response_constraint_is_one_grammar_answer_or_calls(fields):
+    plan = output_plan(_request(tools=[WEATHER], **fields))
+    assert plan.guide.kind == "grammar" and plan.field == next(iter(fields)) and plan.tools.choice == "auto"
+    assert plan.guide.value.splitlines()[1].startswith("start: answer | call")
+    assert _valid(plan.guide.value) == ""
+
+
 def test_completions_take_the_response_fields_too():
     plan = output_plan(CompletionRequest.model_validate({"prompt": "x", "guided_choice": ["a", "b"]}))
     assert plan.guide == Guide("choice", ["a", "b"]) and plan.tools is None
@@ -203,6 +214,9 @@ def test_completions_take_the_response_fields_too():
     ({"tools": [WEATHER, WEATHER]}, "tools", "defined twice"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "foo"}}}]}, "tools",
      "function 'f': invalid parameters schema: Invalid type: foo"),
+    ({"guided_grammar": 'start: "a"', "tools": [WEATHER]}, "tools", "'guided_grammar' and 'tools'"),
+    ({"guided_regex": "(unclosed", "tools": [WEATHER]}, "guided_regex", "invalid regex"),
+    ({"guided_json": {"type": "foo"}, "tools": [WEATHER], "tool_choice": "auto"}, "guided_json", "invalid json schema"),
     ({"guided_json": "[1"}, "guided_json", "not valid JSON"),
     ({"guided_json": "[1]"}, "guided_json", "must be a JSON object"),
 ])

@@ -14,6 +14,8 @@ import pytest
 from mistralrs_cli.cli.compose import build_model
 from mistralrs_cli.cli.spec import model_spec
 from mistralrs_cli.engine import Guide
+from mistralrs_cli.frontends.guided_fields import output_plan
+from mistralrs_cli.frontends.openai_types import ChatCompletionRequest
 from mistralrs_cli.frontends.tool_grammar import auto_grammar
 from tests.frontends.server.conftest import LiveServer, start_server
 from tests.oracles.tiny_models import save_tiny_folder, tiny_hf_model
@@ -32,6 +34,7 @@ TOOLS = [
 ]
 PARAMS = {"get_weather": WEATHER_PARAMS, "get_time": TIME_PARAMS}
 MSG = [{"role": "user", "content": "What is the weather in Paris?"}]
+CALL_TEXT = '<tool_call>\n{"name": "get_time", "arguments": {"hour24": true}}\n</tool_call>'
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +131,7 @@ def test_auto_lets_text_through_and_holds_a_call_once_it_starts(server: LiveServ
         matcher = engine.core.guides.matcher(Guide("grammar", auto_grammar(functions, parallel)))
         return matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False).ids) and matcher.is_accepting()
 
-    call = '<tool_call>\n{"name": "get_time", "arguments": {"hour24": true}}\n</tool_call>'
+    call = CALL_TEXT
     assert accepts("It is sunny, no tool needed.")
     assert accepts("Let me look.\n" + call)
     assert accepts(call + "\n" + call)
@@ -138,6 +141,26 @@ def test_auto_lets_text_through_and_holds_a_call_once_it_starts(server: LiveServ
     assert not accepts(call + " and some text after the call")
     r = _create(server, temperature=1.0, seed=2, max_tokens=10)
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_auto_with_response_format_answers_calls_or_the_schema(server: LiveServer):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}}
+    for seed in range(4):
+        choice = _create(server, response_format=fmt, temperature=1.0, seed=seed, parallel_tool_calls=False).choices[0]
+        if choice.finish_reason == "tool_calls":
+            _check_calls(choice.message.tool_calls)
+        else:  # which of the two a random model picks is its business; both must be whole
+            assert choice.finish_reason == "stop" and choice.message.tool_calls is None
+            jsonschema.validate(json.loads(choice.message.content), schema)
+    engine, tokenizer = server.state.engine, server.state.engine.loaded.tokenizer.tokenizer
+    guide = output_plan(ChatCompletionRequest.model_validate(
+        {"messages": MSG, "tools": TOOLS, "response_format": fmt})).guide
+    for text, ok in (('{"ok": true}', True), (CALL_TEXT, True), ("Hello", False), ('{"ok": 1}', False),
+                     ('{"ok": true}' + CALL_TEXT, False)):
+        matcher = engine.core.guides.matcher(guide)
+        accepted = matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False).ids) and matcher.is_accepting()
+        assert accepted is ok, text
 
 
 @pytest.mark.parametrize(("kw", "param", "fragment"), [
