@@ -14,25 +14,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mistralrs_cli.engine.guided import one_line
+from mistralrs_cli.engine.guided import JSON_STYLE, closed_objects, one_line
 from mistralrs_cli.frontends.tool_calls import CLOSE, TRIGGER
 
 # No parameters given: the function takes none (OpenAI's meaning), so the arguments are {}.
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
-# Compact JSON with the spacing of Python's json.dumps, the way Hermes-style examples write calls;
-# flexible whitespace would let a small model pad a call with newlines until max_tokens.
-LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 # Definitions live at a schema's root: moved to the call's root, where "#/$defs/X" still resolves.
 ROOT_KEYS = ("$defs", "definitions")
 
 
 def call_schema(name: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
-    """JSON Schema of one call of `name`: {"name": const, "arguments": parameters}."""
-    params = dict(parameters if parameters is not None else NO_PARAMETERS)
+    """JSON Schema of one call of `name`: {"name": const, "arguments": parameters}.
+
+    As for a response's schema (engine/guided.py): one line with json.dumps' spacing, the way
+    Hermes-style examples write calls, and objects closed to their listed properties; else a
+    small model pads a call with newlines or invents keys until max_tokens.
+    """
+    params = dict(closed_objects(parameters) if parameters is not None else NO_PARAMETERS)
     root = {k: params.pop(k) for k in ROOT_KEYS if k in params}
     params.pop("$schema", None)  # a dialect tag, only allowed at the root
     return {
-        "x-guidance": LAYOUT,
+        "x-guidance": JSON_STYLE,
         **root,
         "type": "object",
         "properties": {"name": {"const": name}, "arguments": params},
@@ -84,10 +86,10 @@ def answer_rule(kind: str, value: Any) -> str | None:
     """A Lark rule body for an answer held to a response constraint; None for a kind it cannot nest (grammar)."""
     import llguidance
 
-    if kind == "json_schema":
-        return f"%json {json.dumps(value)}"
+    if kind == "json_schema":  # the engine's JSON defaults, which a %json in a grammar does not get
+        return f"%json {json.dumps({'x-guidance': JSON_STYLE, **closed_objects(value)})}"
     if kind == "json_object":
-        return '%json {"type": "object"}'
+        return f"%json {json.dumps({'x-guidance': JSON_STYLE, 'type': 'object'})}"
     if kind == "regex":
         return f"/{llguidance.regex_to_lark(value, '')}/"  # Rust regex semantics, as a plain guided_regex
     if kind == "choice":

@@ -164,6 +164,9 @@ def test_call_grammars_compile_and_keep_definitions_resolvable():
     schema = call_schema("convert", params)
     assert schema["$defs"] == params["$defs"] and "$defs" not in schema["properties"]["arguments"]
     assert call_schema("get_time", None)["properties"]["arguments"]["additionalProperties"] is False
+    nested = call_schema("f", {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {}}}}})
+    args = nested["properties"]["arguments"]
+    assert args["additionalProperties"] is False and args["properties"]["a"]["additionalProperties"] is False
 
 
 # --- fields -> constraint, and the 400s -------------------------------------------------------

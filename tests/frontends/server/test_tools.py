@@ -26,8 +26,8 @@ WEATHER_PARAMS = {
     "required": ["city", "unit"],
     "additionalProperties": False,
 }
-TIME_PARAMS = {"type": "object", "properties": {"hour24": {"type": "boolean"}}, "required": ["hour24"],
-               "additionalProperties": False}  # else a random model may add keys until max_tokens
+# Open (no additionalProperties): calls are closed to the listed keys all the same, as OpenAI's strict mode.
+TIME_PARAMS = {"type": "object", "properties": {"hour24": {"type": "boolean"}}, "required": ["hour24"]}
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER_PARAMS}},
     {"type": "function", "function": {"name": "get_time", "description": "The time now", "parameters": TIME_PARAMS}},
