@@ -72,6 +72,25 @@ class Guide:
             raise RequestError(f"invalid {self.kind.replace('_', ' ')}: {one_line(str(e))}") from None
 
 
+def grammar_error(grammar: str) -> str | None:
+    """Why an llguidance grammar (as `Guide.grammar()` returns) is invalid, in one line, or None.
+
+    Needs no tokenizer: frontends check the pieces they build (a tool's parameters) before
+    any model work, so the 400 can name the piece.
+    """
+    from llguidance import LLMatcher
+
+    reason = LLMatcher.validate_grammar(grammar)
+    return one_line(reason) if reason else None
+
+
+def regex_as_lark(pattern: str) -> str:
+    """A regex (Rust syntax, as `Guide("regex", ...)` takes it) as a Lark terminal, for grammars built from parts."""
+    from llguidance import regex_to_lark
+
+    return f"/{regex_to_lark(pattern, '')}/"
+
+
 _SUBSCHEMA = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")

@@ -21,7 +21,7 @@ from mistralrs_cli.frontends.tool_grammar import (
     answer_or_calls_grammar,
     answer_rule,
     auto_grammar,
-    grammar_error,
+    lark_error,
     parameters_error,
     required_grammar,
 )
@@ -145,7 +145,7 @@ def _answer_or_calls(use: ToolUse, field: str, guide: Guide) -> Guide | None:
     if rule is None:
         return None
     # Checked alone first, so a bad schema or regex is reported as that (not as a grammar) and names its field.
-    reason = grammar_error(f"start: {rule}")
+    reason = lark_error(f"start: {rule}")
     if reason is not None:
         raise FieldError(f"invalid {guide.kind.replace('_', ' ')}: {reason}", field)
     return Guide("grammar", answer_or_calls_grammar(_functions(use), use.parallel, rule))

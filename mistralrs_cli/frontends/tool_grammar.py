@@ -14,7 +14,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mistralrs_cli.engine.guided import JSON_STYLE, closed_objects, one_line
+from mistralrs_cli.engine.guided import (
+    JSON_STYLE,
+    Guide,
+    closed_objects,
+    grammar_error,
+    regex_as_lark,
+)
 from mistralrs_cli.frontends.tool_calls import CLOSE, TRIGGER
 
 # No parameters given: the function takes none (OpenAI's meaning), so the arguments are {}.
@@ -84,31 +90,23 @@ def answer_or_calls_grammar(functions: Functions, parallel: bool, answer: str) -
 
 def answer_rule(kind: str, value: Any) -> str | None:
     """A Lark rule body for an answer held to a response constraint; None for a kind it cannot nest (grammar)."""
-    import llguidance
-
     if kind == "json_schema":  # the engine's JSON defaults, which a %json in a grammar does not get
         return f"%json {json.dumps({'x-guidance': JSON_STYLE, **closed_objects(value)})}"
     if kind == "json_object":
         return f"%json {json.dumps({'x-guidance': JSON_STYLE, 'type': 'object'})}"
     if kind == "regex":
-        return f"/{llguidance.regex_to_lark(value, '')}/"  # Rust regex semantics, as a plain guided_regex
+        return regex_as_lark(value)  # Rust regex semantics, as a plain guided_regex
     if kind == "choice":
         return " | ".join(json.dumps(c) for c in value)
     return None
 
 
-def grammar_error(grammar: str) -> str | None:
+def lark_error(lark: str) -> str | None:
     """llguidance's reason a Lark grammar is invalid (in one line), or None; no tokenizer needed."""
-    import llguidance
-
-    reason = llguidance.LLMatcher.validate_grammar(llguidance.grammar_from("lark", grammar))
-    return one_line(reason) if reason else None
+    return grammar_error(Guide("grammar", lark).grammar())
 
 
 def parameters_error(parameters: dict[str, Any]) -> str | None:
     """Why a function's `parameters` cannot constrain its arguments (llguidance's reason), or None."""
-    import llguidance  # NOTE: only the grammar check, no tokenizer; the engine compiles the real matcher
-
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(call_schema("f", parameters))
-    reason = llguidance.LLMatcher.validate_grammar(grammar)
-    return one_line(reason) if reason else None
+    # NOTE: only the grammar check, no tokenizer; the engine compiles the real matcher.
+    return grammar_error(Guide("json_schema", call_schema("f", parameters)).grammar())
