@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -82,24 +81,23 @@ def bench_llguidance(tok_json: str, eos: int, ids: list[int], rounds: int) -> di
     any_obj = llguidance.LLMatcher.grammar_from_json_schema({"type": "object"})
     out["compile_json_object_ms"] = 1e3 * best(lambda: llguidance.LLMatcher(lltok, any_obj), rounds)
     executor = llguidance.LLExecutor()
+
+    def walk(batch: int) -> float:
+        """Seconds to mask and advance `batch` matchers through the instance."""
+        matchers = [llguidance.LLMatcher(lltok, grammar) for _ in range(batch)]
+        mask = llt.allocate_token_bitmask(batch, lltok.vocab_size)
+        t = time.perf_counter()
+        for tok in ids:
+            if batch == 1:
+                llt.fill_next_token_bitmask(matchers[0], mask, 0)
+            else:
+                llt.fill_next_token_bitmask_par(executor, [(m, i) for i, m in enumerate(matchers)], mask)
+            for m in matchers:
+                assert m.consume_token(tok), m.get_error()
+        return time.perf_counter() - t
+
     for batch in (1, 32):
-        def walk() -> None:
-            matchers = [llguidance.LLMatcher(lltok, grammar) for _ in range(batch)]
-            mask = llt.allocate_token_bitmask(batch, lltok.vocab_size)
-            t = time.perf_counter()
-            for tok in ids:
-                if batch == 1:
-                    llt.fill_next_token_bitmask(matchers[0], mask, 0)
-                else:
-                    llt.fill_next_token_bitmask_par(executor, [(m, i) for i, m in enumerate(matchers)], mask)
-                for m in matchers:
-                    assert m.consume_token(tok), m.get_error()
-            walk.elapsed = time.perf_counter() - t  # type: ignore[attr-defined]
-        times = []
-        for _ in range(rounds):
-            walk()
-            times.append(walk.elapsed)  # type: ignore[attr-defined]
-        out[f"mask_b{batch}_us_per_token"] = 1e6 * min(times) / len(ids)
+        out[f"mask_b{batch}_us_per_token"] = 1e6 * min(walk(batch) for _ in range(rounds)) / len(ids)
     return out
 
 
