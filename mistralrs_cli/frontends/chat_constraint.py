@@ -1,7 +1,8 @@
 """Chat's output constraint: `--json-schema FILE` / `--regex PATTERN`, and the REPL's /schema and /regex.
 
-A constraint is read and checked here (file, JSON, an object); whether llguidance can compile it
-is the engine's word (`EngineChatBackend.check_guide`), asked once when it is set, before any prompt.
+A constraint is read and checked here (file, JSON, an object, and llguidance's grammar check,
+which needs no model: a bad one fails before the model loads); compiling it against the model's
+tokenizer is the engine's word (`EngineChatBackend.check_guide`), asked once when it is set.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mistralrs_cli.engine import Guide
+from mistralrs_cli.engine.guided import grammar_error
 from mistralrs_cli.errors import RequestError
 
 SCHEMA_FLAG, REGEX_FLAG = "--json-schema", "--regex"
@@ -64,14 +66,14 @@ def schema_constraint(path: str) -> Constraint:
         raise RequestError(f"{path}: not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if not isinstance(schema, dict):
         raise RequestError(f"{path}: a JSON Schema must be a JSON object, got {_json_type(schema)}")
-    return Constraint(Guide("json_schema", schema), path)
+    return Constraint(_checked(Guide("json_schema", schema), f"{path}: "), path)
 
 
 def regex_constraint(pattern: str) -> Constraint:
     """A regex constraint (Rust regex syntax, matched against the whole answer)."""
     if not pattern:
         raise RequestError("the regex must not be empty")
-    return Constraint(Guide("regex", pattern), pattern)
+    return Constraint(_checked(Guide("regex", pattern), ""), pattern)
 
 
 def flags_constraint(json_schema: Path | None, regex: str | None) -> Constraint | None:
@@ -89,6 +91,17 @@ def flags_constraint(json_schema: Path | None, regex: str | None) -> Constraint 
         except RequestError as e:
             raise RequestError(f"{REGEX_FLAG}: {e.message}") from None
     return None
+
+def _checked(guide: Guide, lead: str) -> Guide:
+    """`guide`, once llguidance's model-free check passed; RequestError with the engine's wording if not."""
+    try:
+        reason = grammar_error(guide.grammar())
+    except RequestError as e:
+        raise RequestError(lead + e.message) from None
+    if reason is not None:
+        raise RequestError(f"{lead}invalid {guide.kind.replace('_', ' ')}: {reason}")
+    return guide
+
 
 def _json_type(value: object) -> str:
     names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
