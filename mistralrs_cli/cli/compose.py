@@ -132,9 +132,12 @@ def dispatch(flags: ModeFlags, spec: ModelSpec, g: GlobalOptions) -> int:
 
         return run_chat(flags.options(g), engine_factory(spec, config))
     if isinstance(flags, BatchFlags):
-        from mistralrs_cli.frontends.batch import run_batch
-
-        return run_batch(flags.options(g), engine_factory(spec, config))
+        batch_options = flags.options(g)
+        if batch_options.cluster is not None:  # --ray: each worker calls the (pickled) factory
+            from mistralrs_cli.frontends.cluster_batch import run_cluster_batch as run_batch
+        else:
+            from mistralrs_cli.frontends.batch import run_batch
+        return run_batch(batch_options, engine_factory(spec, config))
     if isinstance(flags, ServeFlags):
         from mistralrs_cli.frontends.server import run_serve
 

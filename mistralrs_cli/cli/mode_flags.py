@@ -74,13 +74,19 @@ class BatchFlags:
     output: Path | None = None
     max_concurrency: int = 64
     sampling: SamplingFlags = SamplingFlags()
+    ray: str | None = None  # --ray [ADDRESS]: "local" when given alone
+    workers: int | None = None  # --workers, --cpus-per-worker, --gpus-per-worker (None: not given)
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float | None = None
 
     def options(self, g: GlobalOptions) -> BatchOptions:
-        """The batch frontend's options."""
+        """The batch frontend's options; the --ray flags are checked here (ConfigError, before anything loads)."""
+        from mistralrs_cli.frontends.cluster_batch_options import batch_cluster
         from mistralrs_cli.frontends.options import BatchOptions
 
+        cluster = batch_cluster(self.ray, self.workers, self.cpus_per_worker, self.gpus_per_worker)
         return BatchOptions(input_file=self.input_file, sampling=self.sampling.params(), output=self.output,
-                            max_concurrency=self.max_concurrency, log_file=g.log)
+                            max_concurrency=self.max_concurrency, log_file=g.log, cluster=cluster)
 
 
 @dataclass(frozen=True)

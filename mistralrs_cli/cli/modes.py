@@ -33,10 +33,26 @@ class InterspersedGroup(TyperGroup):
         """Parse the mode's own arguments, leaving the model subcommand and its options for later."""
         split = next((i for i, a in enumerate(args) if a in self.commands), len(args))
         ctx.allow_interspersed_args = True
-        rest = click.Command.parse_args(self, ctx, args[:split]) + args[split:]
+        rest = click.Command.parse_args(self, ctx, fill_bare_ray(args[:split])) + args[split:]
         if rest:
             ctx._protected_args, ctx.args = rest[:1], rest[1:]
         return ctx.args
+
+
+def fill_bare_ray(args: list[str]) -> list[str]:
+    """`--ray` without an address becomes `--ray local` (click has no optional option values).
+
+    Only an address form (auto, host:port, ray://host:port) is taken as --ray's value, so
+    `batch --ray IN.jsonl` keeps IN.jsonl as the input file.
+    """
+    from mistralrs_cli.frontends.cluster_batch_options import LOCAL, is_address
+
+    filled: list[str] = []
+    for i, arg in enumerate(args):
+        filled.append(arg)
+        if arg == "--ray" and (i + 1 == len(args) or not is_address(args[i + 1])):
+            filled.append(LOCAL)
+    return filled
 
 
 chat_app = typer.Typer(help="Chat with a model in the terminal (one-shot when stdin is not a terminal).")
@@ -45,6 +61,7 @@ serve_app = typer.Typer(help="Serve an OpenAI-compatible HTTP API.")
 bench_app = typer.Typer(help="Measure TTFT, prefill, batch-1 decode and N-way throughput on a model (adapter models: also the base alone).")
 compile_app = typer.Typer(help="Compile the decode step for batch sizes 1..--max-seqs into the on-disk cache, so that later runs "
                           "start compiled (CPU; needs g++).")
+BATCH_CLUSTER = "Ray cluster"
 MODES = {"chat": chat_app, "batch": batch_app, "serve": serve_app, "bench": bench_app, "compile": compile_app}
 
 
@@ -80,9 +97,29 @@ def batch(
     top_k: o.TopK = None,
     max_tokens: o.BatchMaxTokens = None,
     seed: o.Seed = None,
+    ray: Annotated[
+        str | None, typer.Option("--ray", metavar="[ADDRESS]", rich_help_panel=BATCH_CLUSTER, help="Answer with "
+                                 "engine workers on a Ray cluster (the driver still writes every record). Alone: "
+                                 "start a local Ray instance; auto, host:port or ray://host:port: join that "
+                                 "cluster. Needs the cluster extra.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", rich_help_panel=BATCH_CLUSTER, help="With --ray: engine workers, "
+                                 "each loading the model (default 1). --max-concurrency counts per worker.")
+    ] = None,
+    cpus_per_worker: Annotated[
+        float | None, typer.Option("--cpus-per-worker", rich_help_panel=BATCH_CLUSTER, help="With --ray: CPUs "
+                                   "each worker reserves (and its torch threads; default 1).")
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option("--gpus-per-worker", rich_help_panel=BATCH_CLUSTER, help="With --ray: GPUs "
+                                   "each worker reserves (default 0).")
+    ] = None,
 ) -> None:
     """Answer every line of a JSONL file; outputs are flushed per line."""
-    _choose(ctx, BatchFlags(input_file, output, max_concurrency, SamplingFlags(temperature, top_p, top_k, max_tokens, seed)))
+    sampling = SamplingFlags(temperature, top_p, top_k, max_tokens, seed)
+    _choose(ctx, BatchFlags(input_file, output, max_concurrency, sampling, ray, workers, cpus_per_worker,
+                            gpus_per_worker))
 
 
 @serve_app.callback(invoke_without_command=True)

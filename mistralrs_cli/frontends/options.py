@@ -10,6 +10,7 @@ from typing import Any
 from mistralrs_cli.engine import SamplingParams
 from mistralrs_cli.errors import ConfigError
 from mistralrs_cli.frontends.chat_constraint import Constraint
+from mistralrs_cli.frontends.cluster_batch_options import BatchCluster
 
 # CLI chat and batch are greedy unless told otherwise: reproducible answers by default.
 CLI_DEFAULTS: dict[str, Any] = {"temperature": 0.0}
@@ -52,8 +53,9 @@ class BatchOptions:
     input_file: Path
     sampling: SamplingParams
     output: Path | None = None  # default: INPUT.out.jsonl beside the input
-    max_concurrency: int = 64
+    max_concurrency: int = 64  # with --ray: per worker
     log_file: Path | None = None  # --log
+    cluster: BatchCluster | None = None  # --ray: engine workers on a Ray cluster (frontends/cluster_batch.py)
 
 
 @dataclass(frozen=True)
