@@ -139,10 +139,13 @@ def dispatch(flags: ModeFlags, spec: ModelSpec, g: GlobalOptions) -> int:
             from mistralrs_cli.frontends.batch import run_batch
         return run_batch(batch_options, engine_factory(spec, config))
     if isinstance(flags, ServeFlags):
-        from mistralrs_cli.frontends.server import run_serve
-
+        serve_options = flags.options(g, spec)
+        if serve_options.cluster is not None:  # --ray: each replica calls the (pickled) factory
+            from mistralrs_cli.frontends.cluster_serve import run_cluster_serve as run_serve
+        else:
+            from mistralrs_cli.frontends.server import run_serve
         # The server loads in a background thread while it answers 503: no spinner.
-        run_serve(flags.options(g, spec), engine_factory(spec, config, spinner=False))
+        run_serve(serve_options, engine_factory(spec, config, spinner=False))
         return 0
     if isinstance(flags, CompileFlags):
         return _compile(spec, config)

@@ -101,9 +101,14 @@ class ServeFlags:
     allowed_hosts: list[str] | None = None
     served_model_name: list[str] | None = None
     quiet: bool = False
+    ray: str | None = None  # --ray [ADDRESS]: "local" when given alone
+    replicas: int | None = None  # --replicas, --cpus-per-replica, --gpus-per-replica (None: not given)
+    cpus_per_replica: float | None = None
+    gpus_per_replica: float | None = None
 
     def options(self, g: GlobalOptions, spec: ModelSpec) -> ServeOptions:
         """The server's options; `serve`'s --port/--serve-ip fall back to the root's (original form)."""
+        from mistralrs_cli.frontends.cluster_serve_options import serve_cluster
         from mistralrs_cli.frontends.options import serve_options
 
         host = self.serve_ip or DEFAULT_HOST
@@ -114,6 +119,7 @@ class ServeFlags:
             api_key_file=self.api_key_file, served_model_name=self.served_model_name, quiet=self.quiet,
             allowed_hosts=self.allowed_hosts, log_file=g.log, debug=g.debug, model_name=spec.display_name,
             model_aliases=spec.command_line_names(),
+            cluster=serve_cluster(self.ray, self.replicas, self.cpus_per_replica, self.gpus_per_replica),
         )
 
 

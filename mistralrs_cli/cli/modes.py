@@ -39,6 +39,26 @@ class InterspersedGroup(TyperGroup):
         return ctx.args
 
 
+class ServeGroup(TyperGroup):
+    """`serve`: a bare --ray starts a local Ray instance (click has no optional option values).
+
+    Unlike batch's, serve's --ray takes any next word that is not an option or the model
+    subcommand (serve has no positional argument), so `--ray myhost` is refused as an address.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Give a bare --ray the value "local", then parse as usual."""
+        from mistralrs_cli.frontends.cluster_batch_options import LOCAL
+
+        filled: list[str] = []
+        for i, arg in enumerate(args):
+            filled.append(arg)
+            following = args[i + 1] if i + 1 < len(args) else None
+            if arg == "--ray" and (following is None or following.startswith("-") or following in self.commands):
+                filled.append(LOCAL)
+        return super().parse_args(ctx, filled)
+
+
 def fill_bare_ray(args: list[str]) -> list[str]:
     """`--ray` without an address becomes `--ray local` (click has no optional option values).
 
@@ -57,11 +77,12 @@ def fill_bare_ray(args: list[str]) -> list[str]:
 
 chat_app = typer.Typer(help="Chat with a model in the terminal (one-shot when stdin is not a terminal).")
 batch_app = typer.Typer(cls=InterspersedGroup, help="Run a JSONL file of requests through the engine; resumable.")
-serve_app = typer.Typer(help="Serve an OpenAI-compatible HTTP API.")
+serve_app = typer.Typer(cls=ServeGroup, help="Serve an OpenAI-compatible HTTP API (on a Ray cluster with --ray).")
 bench_app = typer.Typer(help="Measure TTFT, prefill, batch-1 decode and N-way throughput on a model (adapter models: also the base alone).")
 compile_app = typer.Typer(help="Compile the decode step for batch sizes 1..--max-seqs into the on-disk cache, so that later runs "
                           "start compiled (CPU; needs g++).")
 BATCH_CLUSTER = "Ray cluster"
+SERVE_CLUSTER = "Ray cluster"
 MODES = {"chat": chat_app, "batch": batch_app, "serve": serve_app, "bench": bench_app, "compile": compile_app}
 
 
@@ -148,12 +169,31 @@ def serve(
                      "name). Requests naming another model get 404 model_not_found."),
     ] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No access-log line per request on stderr.")] = False,
+    ray: Annotated[
+        str | None, typer.Option("--ray", metavar="[ADDRESS]", rich_help_panel=SERVE_CLUSTER, help="Serve from Ray "
+                                 "Serve replicas, each with its own engine, behind one HTTP entry point. Alone: "
+                                 "start a local Ray instance; auto, host:port or ray://host:port: join that "
+                                 "cluster. Needs the cluster extra.")
+    ] = None,
+    replicas: Annotated[
+        int | None, typer.Option("--replicas", rich_help_panel=SERVE_CLUSTER, help="With --ray: engine replicas "
+                                 "[default: 1].")
+    ] = None,
+    cpus_per_replica: Annotated[
+        float | None, typer.Option("--cpus-per-replica", rich_help_panel=SERVE_CLUSTER, help="With --ray: CPUs each "
+                                   "replica reserves (and its torch threads) [default: 1].")
+    ] = None,
+    gpus_per_replica: Annotated[
+        float | None, typer.Option("--gpus-per-replica", rich_help_panel=SERVE_CLUSTER, help="With --ray: GPUs each "
+                                   "replica reserves [default: 0].")
+    ] = None,
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions and /v1/models."""
     # By name: typer's and click's ParameterSource enums are distinct classes.
     if api_key_file is not None and getattr(ctx.get_parameter_source("api_key"), "name", "") == "ENVIRONMENT":
         api_key = None  # the file, given on the command line, overrides the environment
-    _choose(ctx, ServeFlags(port, serve_ip, api_key, api_key_file, allowed_hosts, served_model_name, quiet))
+    _choose(ctx, ServeFlags(port, serve_ip, api_key, api_key_file, allowed_hosts, served_model_name, quiet,
+                            ray, replicas, cpus_per_replica, gpus_per_replica))
 
 
 @bench_app.callback(invoke_without_command=True)

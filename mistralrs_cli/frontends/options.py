@@ -11,6 +11,7 @@ from mistralrs_cli.engine import SamplingParams
 from mistralrs_cli.errors import ConfigError
 from mistralrs_cli.frontends.chat_constraint import Constraint
 from mistralrs_cli.frontends.cluster_batch_options import BatchCluster
+from mistralrs_cli.frontends.cluster_serve_options import ServeCluster
 
 # CLI chat and batch are greedy unless told otherwise: reproducible answers by default.
 CLI_DEFAULTS: dict[str, Any] = {"temperature": 0.0}
@@ -97,12 +98,13 @@ class ServeOptions:
     allowed_hosts: tuple[str, ...] = ()
     model_name: str = "model"  # shown while the model loads (the CLI passes the spec's display name)
     debug: bool = False  # uvicorn logs at debug level
+    cluster: ServeCluster | None = None  # --ray: replicas on a Ray cluster (frontends/cluster_serve.py)
 
 
 def serve_options(*, port: int | None, host: str, api_key: str | None, api_key_file: Path | None,
                   served_model_name: list[str] | None, quiet: bool, allowed_hosts: list[str] | None,
                   log_file: Path | None, debug: bool, model_name: str,
-                  model_aliases: tuple[str, ...]) -> ServeOptions:
+                  model_aliases: tuple[str, ...], cluster: ServeCluster | None = None) -> ServeOptions:
     """ServeOptions from `serve`'s resolved flags; ConfigError for a bad value or an unreadable key file."""
     names = tuple(served_model_name or ())
     for name in names:
@@ -119,6 +121,7 @@ def serve_options(*, port: int | None, host: str, api_key: str | None, api_key_f
         allowed_hosts=parse_allowed_hosts(allowed_hosts or ()),
         model_name=model_name,
         debug=debug,
+        cluster=cluster,
     )
 
 

@@ -1,0 +1,145 @@
+"""Reaching Ray for `serve --ray`: the extra with Ray Serve, a local instance or a cluster, room for the replicas.
+
+Every wait is bounded, as for `batch --ray` (cluster_connect.py, whose connection, fit and
+messages this shares): the address is probed first, `ray.init` runs under a watchdog, and
+the replicas' needs are checked against the nodes before anything is deployed. Unlike the
+batch, the workers' output reaches this process (the replicas' access log), and a join keeps
+Ray's retry warnings off the terminal, reading them for the reason instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from typing import IO, Any
+
+from mistralrs_cli.errors import ConfigError
+from mistralrs_cli.frontends.cluster_batch_options import AUTO, host_port
+from mistralrs_cli.frontends.cluster_connect import (
+    EXTRA,
+    INIT_TIMEOUT_S,
+    PROBE_TIMEOUT_S,
+    ROOM_WAIT_S,
+    RayConnection,
+    first_line,
+    workers_that_fit,
+)
+from mistralrs_cli.frontends.cluster_serve_options import ServeCluster
+
+# Ray sends its token only to a cluster it found itself, never to an address it was given.
+AUTH_HINT = ("the cluster wants its auth token: set RAY_AUTH_MODE=token here, with the cluster's token in "
+             "~/.ray/auth_token or RAY_AUTH_TOKEN")
+
+
+def require_ray() -> None:
+    """ConfigError naming the extra when Ray Serve is not installed."""
+    # Read when ray is imported: Ray would fold the replicas' access-log lines into "[repeated Nx]".
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"--ray needs Ray Serve, an optional extra: {EXTRA}") from None
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not "Started Serve", "Deleting app"...
+
+
+def connect(cluster: ServeCluster) -> RayConnection:
+    """Start a local Ray instance or join the cluster at `cluster.address`, within a bounded time.
+
+    ConfigError (one line) when the address does not answer or is not Ray. ray.init runs in
+    the main thread (the processes of a local instance die with the thread that started
+    them); a watchdog ends the process (exit 2, one line) if it has not returned in time,
+    since a stuck ray.init cannot be interrupted.
+    """
+    address = cluster.address
+    target = os.environ.get("RAY_ADDRESS") if address == AUTO else address
+    if target and not cluster.local:
+        _probe(address, target)
+    if cluster.local:  # include_dashboard: seconds of start-up and a port nobody asked for
+        context = _init(address, "start", None, include_dashboard=False)
+    else:
+        # Ray's core logs a warning per second while it retries; kept aside, read for the reason.
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as said:
+            context = _init(address, "join", said)
+    gcs = context.address_info.get("gcs_address") or address
+    return RayConnection(gcs_address=gcs, local=cluster.local)
+
+
+def _init(address: str, verb: str, capture: IO[str] | None, **kwargs: Any) -> Any:
+    """ray.init under the watchdog, with file descriptor 2 sent to `capture` meanwhile (when given)."""
+    import ray
+
+    saved = None
+    if capture is not None:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+    watchdog = threading.Timer(INIT_TIMEOUT_S, _give_up, args=(address, saved))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return ray.init(address=address, logging_level=logging.ERROR, **kwargs)
+    except Exception as e:  # ConnectionError, ValueError, RuntimeError...: Ray's reason, on one line
+        reason = first_line(e)
+        if capture is not None:
+            capture.seek(0)
+            if "InvalidAuthToken" in capture.read():
+                reason = AUTH_HINT
+        raise ConfigError(f"--ray {address}: cannot {verb} Ray ({reason})") from None
+    finally:
+        watchdog.cancel()
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _give_up(address: str, saved_stderr: int | None) -> None:
+    if saved_stderr is not None:
+        os.dup2(saved_stderr, 2)
+    print(f"error: --ray {address}: no Ray cluster answered within {INIT_TIMEOUT_S:.0f} s", file=sys.stderr,
+          flush=True)
+    os._exit(2)
+
+
+def _probe(address: str, target: str) -> None:
+    """One TCP connect to the address, so that a wrong one fails in seconds (ConfigError)."""
+    parsed = host_port(target)
+    if parsed is None:
+        raise ConfigError(f"--ray {address}: RAY_ADDRESS {target!r} is not host:port or ray://host:port")
+    host, port = parsed
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConfigError(f"--ray {address}: cannot reach a Ray cluster at {host}:{port} ({reason}; "
+                          f"is `ray start --head` running there?)") from None
+
+
+def wait_for_room(cluster: ServeCluster) -> None:
+    """Until the cluster's live nodes can hold every replica; ConfigError after a bounded wait.
+
+    Totals, not what is free now: replicas may wait for resources another job holds, never
+    for resources no node has. A local instance's nodes are all there: no wait.
+    """
+    import ray
+
+    deadline = time.monotonic() + (0.0 if cluster.local else ROOM_WAIT_S)
+    while True:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        fit = workers_that_fit(nodes, cluster.bundle())
+        if fit >= cluster.replicas:
+            return
+        if time.monotonic() >= deadline:
+            cpus = sum(n.get("CPU", 0.0) for n in nodes)
+            gpus = sum(n.get("GPU", 0.0) for n in nodes)
+            raise ConfigError(
+                f"the Ray cluster cannot hold {cluster.replicas} replica{'s' if cluster.replicas != 1 else ''} "
+                f"of {cluster.describe()} each: its {len(nodes)} node(s) have {cpus:g} CPUs and {gpus:g} GPUs "
+                f"in all, room for {fit:g} (see --replicas, --cpus-per-replica, --gpus-per-replica)")
+        time.sleep(1.0)
