@@ -38,6 +38,11 @@ APP_NAME = "mistralrs"  # the Serve application (and its one deployment)
 PROXY_READY_S = 30.0  # after the replicas are up: the proxy must answer /health within this
 TEARDOWN_MARGIN_S = 30.0  # stopping may take the drain timeout, plus this for Ray itself
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The controller's log stays in Ray's files: a replica that fails to load would otherwise print
+# Serve's traceback here before our one line (applies where this run starts Serve).
+QUIET_CONTROLLER = {"runtime_env": {"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "0"}}}
+# The replicas would inherit that, and send their stderr (`serve`'s access log) to Serve's files.
+LOUD_REPLICA = {"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "1"}}
 _LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # a wildcard bind, reached from here through loopback
 stderr = Console(stderr=True)
 
@@ -61,6 +66,7 @@ def run_cluster_serve(options: ServeOptions, open_engine: Callable[[], Engine]) 
         url = _url(options.host, port)
         if cluster.local:
             _wait_for_proxy(_url(_LOOPBACK.get(options.host, options.host), port), stop)
+        progress.serving = True
         stderr.print(f"[bold]mistralrs[/] listening on {url}/v1 ({cluster.replicas} "
                      f"{'replica' if cluster.replicas == 1 else 'replicas'} of {escape(options.model_name)}, "
                      f"{cluster.describe()} each, on {connection.describe()})", highlight=False, soft_wrap=True)
@@ -80,6 +86,7 @@ class Progress:
 
     serve_started: bool = False  # Serve runs on the cluster (started here, or already there)
     deployed: bool = False  # our application exists: teardown deletes it (never another run's)
+    serving: bool = False  # it was ready and said so
 
 
 def _port(options: ServeOptions, cluster: ServeCluster) -> int:
@@ -118,7 +125,8 @@ def _deploy(options: ServeOptions, cluster: ServeCluster, port: int, open_engine
     from mistralrs_cli.frontends.cluster_serve_replica import SHUTDOWN_MARGIN_S, MistralrsReplica
 
     quiet = {"log_level": "WARNING", "enable_access_log": False}  # the replicas write `serve`'s access log
-    serve.start(proxy_location="HeadOnly", http_options={"host": options.host, "port": port}, logging_config=quiet)
+    serve.start(proxy_location="HeadOnly", http_options={"host": options.host, "port": port}, logging_config=quiet,
+                controller_options=QUIET_CONTROLLER)
     progress.serve_started = True
     if APP_NAME in serve.status().applications:
         raise ConfigError(f"the Ray cluster already serves a {APP_NAME!r} application (another `serve --ray`?); "
@@ -127,7 +135,8 @@ def _deploy(options: ServeOptions, cluster: ServeCluster, port: int, open_engine
         MistralrsReplica,
         name=APP_NAME,
         num_replicas=cluster.replicas,
-        ray_actor_options={"num_cpus": cluster.cpus_per_replica, "num_gpus": cluster.gpus_per_replica},
+        ray_actor_options={"num_cpus": cluster.cpus_per_replica, "num_gpus": cluster.gpus_per_replica,
+                           "runtime_env": LOUD_REPLICA},
         # The engine admits and queues (429 past max_queue): Serve must not cap a replica at 5.
         max_ongoing_requests=options.max_queue,
         graceful_shutdown_timeout_s=options.drain_timeout + SHUTDOWN_MARGIN_S,
@@ -152,10 +161,18 @@ def _deploy(options: ServeOptions, cluster: ServeCluster, port: int, open_engine
 
 
 def _failure_line(error: BaseException) -> str:
-    """The replica's own line when its model failed to load; otherwise Serve's first line."""
+    """The replica's own line when its model failed to load (from the deployment's status, which
+    holds the replica's traceback); otherwise Serve's first line."""
+    from ray import serve
+
     from mistralrs_cli.frontends.cluster_serve_replica import LOAD_FAILED
 
-    for line in str(error).splitlines():
+    try:
+        app = serve.status().applications.get(APP_NAME)
+        said = [d.message for d in app.deployments.values()] if app is not None else []
+    except Exception:  # the controller is gone too: Serve's own words will do
+        said = []
+    for line in "\n".join([*said, str(error)]).splitlines():
         if LOAD_FAILED in line:
             return line[line.index(LOAD_FAILED):].strip()
     return f"the deployment failed: {first_line(error)}"
@@ -186,7 +203,7 @@ def _teardown(connection: RayConnection, progress: Progress, drain_timeout: floa
     stop the local Ray instance or leave the cluster. Faults here are reported, never raised."""
     from ray import serve
 
-    if progress.deployed:
+    if progress.serving:
         print("shutting down", file=sys.stderr, flush=True)
     # A signal sent to the whole process group (systemd, `timeout`) also stops the local Ray
     # instance's GCS, and Ray then retries for a minute: give up sooner.
