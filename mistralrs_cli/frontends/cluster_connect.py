@@ -86,7 +86,8 @@ def connect(cluster: BatchCluster) -> RayConnection:
         raise ClusterError(f"--ray {address}: cannot {verb} Ray ({_reason(e)})") from None
     finally:
         watchdog.cancel()
-    gcs = context.address_info.get("gcs_address") or address
+    # A Ray Client context (ray://) has no address_info: the address given is the one to name.
+    gcs = getattr(context, "address_info", {}).get("gcs_address") or address
     return RayConnection(gcs_address=gcs, local=cluster.local)
 
 
@@ -96,7 +97,7 @@ def _reason(error: BaseException) -> str:
 
     cause: BaseException | None = error
     while cause is not None:
-        if isinstance(cause, AuthenticationError):
+        if isinstance(cause, AuthenticationError) or "InvalidAuthToken" in str(cause):  # Ray wraps it in text
             return ("the cluster wants its auth token: set RAY_AUTH_MODE=token here, with the cluster's token in "
                     "~/.ray/auth_token or RAY_AUTH_TOKEN")
         cause = cause.__cause__ or cause.__context__
@@ -161,6 +162,12 @@ def wait_for_room(cluster: BatchCluster) -> None:
 
 
 def first_line(error: BaseException) -> str:
-    """An exception's message on one line (Ray's often span many)."""
+    """An exception's message on one line (Ray's often span many).
+
+    A first line that only announces what follows ("Initialization failure from server:", then
+    the server's traceback) gets the last line too, which names the exception.
+    """
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    return f"{lines[0]} {lines[-1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
