@@ -137,8 +137,9 @@ def _deploy(options: ServeOptions, cluster: ServeCluster, port: int, open_engine
         num_replicas=cluster.replicas,
         ray_actor_options={"num_cpus": cluster.cpus_per_replica, "num_gpus": cluster.gpus_per_replica,
                            "runtime_env": LOUD_REPLICA},
-        # The engine admits and queues (429 past max_queue): Serve must not cap a replica at 5.
-        max_ongoing_requests=options.max_queue,
+        # The replica admits (429 past max_queue engine requests, as `serve`): Serve must neither
+        # cap it at its default of 5 nor hold requests back in the proxy's queue at max_queue.
+        max_ongoing_requests=2 * options.max_queue,
         graceful_shutdown_timeout_s=options.drain_timeout + SHUTDOWN_MARGIN_S,
         max_constructor_retry_count=cluster.replicas,  # a model that cannot load fails once per replica
         logging_config=quiet,
