@@ -66,7 +66,8 @@ def connect(cluster: ServeCluster) -> RayConnection:
         # Ray's core logs a warning per second while it retries; kept aside, read for the reason.
         with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as said:
             context = _init(address, "join", said)
-    gcs = context.address_info.get("gcs_address") or address
+    # A Ray Client context (ray://) has no address_info: the address given is the one to name.
+    gcs = getattr(context, "address_info", {}).get("gcs_address") or address
     return RayConnection(gcs_address=gcs, local=cluster.local)
 
 
