@@ -31,6 +31,7 @@ from mistralrs_cli.frontends.cluster_connect import RayConnection, first_line
 from mistralrs_cli.frontends.cluster_serve_options import ServeCluster
 from mistralrs_cli.frontends.cluster_serve_ray import connect, require_ray, wait_for_room
 from mistralrs_cli.frontends.options import ServeOptions
+from mistralrs_cli.frontends.request_log import RequestLog
 from mistralrs_cli.frontends.server import bind_socket
 from mistralrs_cli.frontends.server_http import is_loopback
 
@@ -53,6 +54,8 @@ def run_cluster_serve(options: ServeOptions, open_engine: Callable[[], Engine]) 
     assert cluster is not None, "run_cluster_serve needs ServeOptions.cluster"
     require_ray()
     port = _port(options, cluster)
+    if cluster.local and options.log_file is not None:
+        RequestLog(options.log_file).close()  # the replicas append to it here: a bad path fails before Ray starts
     connection = connect(cluster)
     stop = threading.Event()
     # After ray.init, which sets its own SIGTERM handler (a bare exit) in the main thread.
@@ -162,21 +165,19 @@ def _deploy(options: ServeOptions, cluster: ServeCluster, port: int, open_engine
 
 
 def _failure_line(error: BaseException) -> str:
-    """The replica's own line when its model failed to load (from the deployment's status, which
-    holds the replica's traceback); otherwise Serve's first line."""
+    """The replica's own line when it could not start (from the deployment's status, which holds
+    the replica's traceback); otherwise Serve's first line."""
     from ray import serve
 
-    from mistralrs_cli.frontends.cluster_serve_replica import LOAD_FAILED
+    from mistralrs_cli.frontends.cluster_serve_replica import START_FAILED
 
     try:
         app = serve.status().applications.get(APP_NAME)
         said = [d.message for d in app.deployments.values()] if app is not None else []
     except Exception:  # the controller is gone too: Serve's own words will do
         said = []
-    for line in "\n".join([*said, str(error)]).splitlines():
-        if LOAD_FAILED in line:
-            return line[line.index(LOAD_FAILED):].strip()
-    return f"the deployment failed: {first_line(error)}"
+    found = START_FAILED.search("\n".join([*said, str(error)]))
+    return found.group(0).strip() if found else f"the deployment failed: {first_line(error)}"
 
 
 def _wait_for_proxy(url: str, stop: threading.Event) -> None:
@@ -214,7 +215,9 @@ def _teardown(connection: RayConnection, progress: Progress, drain_timeout: floa
     try:
         if progress.deployed:
             serve.delete(APP_NAME)
-        if progress.serve_started and (connection.local or not serve.status().applications):
+        # A local instance stops whole below (stopping Serve first only makes Ray complain about
+        # the controller it kills); on a cluster, Serve stays for the applications of others.
+        if progress.serve_started and not connection.local and not serve.status().applications:
             serve.shutdown()
     except Exception as e:  # a cluster that went away: nothing left to stop there
         print(f"warning: stopping the deployment: {first_line(e)}", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ Imported only on the `--ray` path: it needs Ray Serve.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -27,15 +28,16 @@ from mistralrs_cli.frontends.server import create_app
 from mistralrs_cli.frontends.server_state import ServerState
 
 REPLICA_HEADER = "X-Mistralrs-Replica"
-LOAD_FAILED = "the model did not load on replica"  # the driver finds its line in Serve's status by this
+# The driver finds a replica's failure in Serve's status (a traceback) by this shape.
+START_FAILED = re.compile(r"replica \S+ could not start: .*")
 ABORT_GRACE_S = 2.0  # after the drain: aborted streams get this long to send their [DONE]
 DELETION_POLL_S = 1.0  # how often a replica asks whether its application is being deleted
 # Serve's graceful timeout: the drain, one poll, and the aborted streams' last words.
 SHUTDOWN_MARGIN_S = DELETION_POLL_S + ABORT_GRACE_S + 2.0
 
 
-class ReplicaLoadError(MistralrsError):
-    """The replica's model failed to load; its message is one line naming the replica and the cause."""
+class ReplicaStartError(MistralrsError):
+    """The replica could not start (its --log file, its model); one line naming the replica and the cause."""
 
 
 class ReplicaHeader:
@@ -67,13 +69,16 @@ class MistralrsReplica:
         context = serve.get_replica_context()
         self.name = f"{context.replica_id.unique_id}@{ray.util.get_node_ip_address()}"
         self.state = ServerState(options)
+        try:  # as `serve`: the app (and its --log file) before the model, so a bad path fails first
+            self.asgi = create_app(self.state)  # not self.app: Serve's wrapper owns that name
+        except MistralrsError as e:
+            raise self._failed(e) from None
+        self.asgi.add_middleware(ReplicaHeader, name=self.name)
         start = time.perf_counter()
         loading = self.state.start_loading(open_engine)
         await asyncio.to_thread(loading.join)  # the replica's loop stays free for Serve's calls
         if self.state.load_error is not None:
-            error = self.state.load_error
-            reason = error.message if isinstance(error, MistralrsError) else f"{type(error).__name__}: {error}"
-            raise ReplicaLoadError(f"{LOAD_FAILED} {self.name}: {' '.join(reason.split())}")
+            raise self._failed(self.state.load_error, "the model did not load: ")
         engine = self.state.engine
         assert engine is not None
         print(f"replica {self.name}: model {engine.loaded.name} ready in {time.perf_counter() - start:.1f} s; "
@@ -95,11 +100,13 @@ class MistralrsReplica:
                 self.state.begin_drain()
                 return
 
+    def _failed(self, error: BaseException, what: str = "") -> ReplicaStartError:
+        reason = error.message if isinstance(error, MistralrsError) else f"{type(error).__name__}: {error}"
+        return ReplicaStartError(f"replica {self.name} could not start: {what}{' '.join(reason.split())}")
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         """The `serve` app over this replica's state, naming the replica in each response."""
-        app = create_app(self.state)
-        app.add_middleware(ReplicaHeader, name=self.name)
-        return app
+        return self.asgi
 
     async def __del__(self) -> None:
         """Serve calls this once in-flight requests finished or its graceful timeout passed: abort

@@ -31,6 +31,17 @@ REPLICA = "x-mistralrs-replica"
 CHATS_200 = re.compile(r'^mistralrs_requests_total\{endpoint="/v1/chat/completions",status="200"\} (\d+)$', re.M)
 
 
+def test_a_replica_that_cannot_load_the_model_is_one_line(tmp_path):
+    # First in the module: its own local Ray instance, started and stopped before the shared one.
+    result = subprocess.run([sys.executable, "-m", "mistralrs_cli", "serve", "--ray", "--replicas", "2", "--port", "0",
+                             "mistral", "-m", str(tmp_path / "missing")], capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert re.fullmatch(r"error: replica \S+@\S+ could not start: the model did not load: model '.*missing': "
+                        r"no such folder", errors[0]), errors[0]
+    assert "Traceback" not in result.stderr and "listening on" not in result.stderr
+
+
 @pytest.fixture(scope="module")
 def cluster(tiny_mistral_dir) -> Iterator[ServerProcess]:
     """Two replicas on a local Ray instance behind one port, with an API key from the environment."""
