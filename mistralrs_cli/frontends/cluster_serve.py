@@ -133,7 +133,7 @@ def _deploy(options: ServeOptions, cluster: ServeCluster, port: int, open_engine
     progress.serve_started = True
     if APP_NAME in serve.status().applications:
         raise ConfigError(f"the Ray cluster already serves a {APP_NAME!r} application (another `serve --ray`?); "
-                          f"stop it first (`serve shutdown` or Ctrl-C in its terminal)")
+                          f"stop that one first (Ctrl-C in its terminal, or serve.delete({APP_NAME!r}))")
     deployment = serve.deployment(
         MistralrsReplica,
         name=APP_NAME,

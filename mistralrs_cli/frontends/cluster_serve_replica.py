@@ -78,6 +78,7 @@ class MistralrsReplica:
         loading = self.state.start_loading(open_engine)
         await asyncio.to_thread(loading.join)  # the replica's loop stays free for Serve's calls
         if self.state.load_error is not None:
+            self.state.close()  # the --log file
             raise self._failed(self.state.load_error, "the model did not load: ")
         engine = self.state.engine
         assert engine is not None
