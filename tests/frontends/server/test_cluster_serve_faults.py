@@ -48,6 +48,7 @@ def test_bad_cluster_flags_are_one_line(args, message):
 
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
 def test_an_address_nobody_answers_is_one_line(address):
+    pytest.importorskip("ray.serve", reason="the cluster extra (pip install -e '.[cluster]')")
     code, lines = _serve("--ray", address)
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"error: --ray {address}: cannot reach a Ray cluster at 127.0.0.1:1 (")
