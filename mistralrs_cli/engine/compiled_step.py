@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 CTX_BLOCK = 64  # the context width is padded up to a multiple of this
 IDLE_WAIT = 20.0  # seconds a background compile waits for an idle engine before it starts anyway
+CLOSE_GRACE = 0.5  # seconds it then waits, in case the engine is being shut down
 
 
 def batch_bucket(rows: int) -> int:
@@ -204,6 +205,11 @@ class CompiledDecode:
         # Set while the engine has nothing to run: a background compile waits for it (at most
         # IDLE_WAIT seconds), so tracing does not compete with a first answer for the GIL.
         self.idle = threading.Event()
+        # Set when the engine shuts down: a compile not yet started is skipped, and shutdown waits for
+        # one under way, since a process that exits while inductor works in a daemon thread can
+        # abort ("terminate called without an active exception") after its output was written.
+        self.closed = threading.Event()
+        self._workers: list[threading.Thread] = []
         # NOTE: the real pools are not marked dynamic: graphs are traced on a dummy pool whose size
         # is (`_dummy_pool`), so they serve every pool size, and marking would import dynamo here.
 
@@ -304,11 +310,26 @@ class CompiledDecode:
         if self.hold is not None:
             self.hold.wait()
         self.idle.wait(IDLE_WAIT)
+        # A one-shot command shuts the engine down right after its answer: a short grace lets it
+        # close first, so it neither compiles for nothing nor waits for that compile to end.
+        self.closed.wait(CLOSE_GRACE)
         try:
             with self._lock:  # one compile at a time
+                if self.closed.is_set():
+                    self.failed[bucket] = "the engine shut down"
+                    return
                 self.compile_bucket(bucket)
         finally:
             self.ready[bucket].set()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Skip compiles not yet started and wait (at most `timeout` s) for the one under way."""
+        self.closed.set()
+        self.idle.set()  # wake compiles waiting for an idle engine, so they see `closed`
+        if self.hold is not None:
+            self.hold.set()
+        for worker in self._workers:
+            worker.join(timeout)
 
     def _start(self, bucket: int) -> None:
         """Compile `bucket` once: in a thread of its own, or here without `background`."""
@@ -321,7 +342,9 @@ class CompiledDecode:
             self.compile_bucket(bucket)
             self.ready[bucket].set()
             return
-        threading.Thread(target=self._work, args=(bucket,), name=f"mistralrs-compile-{bucket}", daemon=True).start()
+        worker = threading.Thread(target=self._work, args=(bucket,), name=f"mistralrs-compile-{bucket}", daemon=True)
+        self._workers.append(worker)
+        worker.start()
 
     def status(self) -> dict[int, str]:
         """Batch bucket -> "ready", "compiling" or "eager (why)", for every bucket met so far."""

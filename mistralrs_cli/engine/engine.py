@@ -133,6 +133,9 @@ class Engine:
                 self._closed = True
                 self._inbox.put((_STOP, None))
         self._thread.join(timeout)
+        compiled = self.core.runner.compiled
+        if compiled is not None:
+            compiled.close()
 
     def __enter__(self) -> Engine:
         return self
