@@ -70,7 +70,7 @@ def connect(cluster: BatchCluster) -> RayConnection:
     address = cluster.address
     target = os.environ.get("RAY_ADDRESS") if address == AUTO else address
     if target and not cluster.local:
-        _probe(address, target)
+        probe(address, target)
     # Ray's start-up notices are not ours to show; the workers' logs stay in Ray's session
     # folder (the driver's stderr holds the progress bar).
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
@@ -110,19 +110,19 @@ def _give_up(address: str) -> None:
     os._exit(2)
 
 
-def _probe(address: str, target: str) -> None:
-    """One TCP connect to the address, so that a wrong one fails in seconds (ClusterError)."""
+def probe(address: str, target: str, error: type[MistralrsError] = ClusterError) -> None:
+    """One TCP connect to the address, so that a wrong one fails in seconds (`error`, one line)."""
     parsed = host_port(target)
     if parsed is None:
-        raise ClusterError(f"--ray {address}: RAY_ADDRESS {target!r} is not host:port or ray://host:port")
+        raise error(f"--ray {address}: RAY_ADDRESS {target!r} is not host:port or ray://host:port")
     host, port = parsed
     try:
         with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
             pass
     except OSError as e:
         reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise ClusterError(f"--ray {address}: cannot reach a Ray cluster at {host}:{port} ({reason}; "
-                           f"is `ray start --head` running there?)") from None
+        raise error(f"--ray {address}: cannot reach a Ray cluster at {host}:{port} ({reason}; "
+                    f"is `ray start --head` running there?)") from None
 
 
 def workers_that_fit(nodes: list[dict[str, float]], bundle: dict[str, float]) -> float:

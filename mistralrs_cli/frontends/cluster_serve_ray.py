@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -19,14 +18,14 @@ import time
 from typing import IO, Any
 
 from mistralrs_cli.errors import ConfigError
-from mistralrs_cli.frontends.cluster_batch_options import AUTO, host_port
+from mistralrs_cli.frontends.cluster_batch_options import AUTO
 from mistralrs_cli.frontends.cluster_connect import (
     EXTRA,
     INIT_TIMEOUT_S,
-    PROBE_TIMEOUT_S,
     ROOM_WAIT_S,
     RayConnection,
     first_line,
+    probe,
     workers_that_fit,
 )
 from mistralrs_cli.frontends.cluster_serve_options import ServeCluster
@@ -59,7 +58,7 @@ def connect(cluster: ServeCluster) -> RayConnection:
     address = cluster.address
     target = os.environ.get("RAY_ADDRESS") if address == AUTO else address
     if target and not cluster.local:
-        _probe(address, target)
+        probe(address, target, ConfigError)
     if cluster.local:  # include_dashboard: seconds of start-up and a port nobody asked for
         context = _init(address, "start", None, include_dashboard=False)
     else:
@@ -105,21 +104,6 @@ def _give_up(address: str, saved_stderr: int | None) -> None:
     print(f"error: --ray {address}: no Ray cluster answered within {INIT_TIMEOUT_S:.0f} s", file=sys.stderr,
           flush=True)
     os._exit(2)
-
-
-def _probe(address: str, target: str) -> None:
-    """One TCP connect to the address, so that a wrong one fails in seconds (ConfigError)."""
-    parsed = host_port(target)
-    if parsed is None:
-        raise ConfigError(f"--ray {address}: RAY_ADDRESS {target!r} is not host:port or ray://host:port")
-    host, port = parsed
-    try:
-        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
-            pass
-    except OSError as e:
-        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise ConfigError(f"--ray {address}: cannot reach a Ray cluster at {host}:{port} ({reason}; "
-                          f"is `ray start --head` running there?)") from None
 
 
 def wait_for_room(cluster: ServeCluster) -> None:
