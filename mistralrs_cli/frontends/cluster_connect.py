@@ -137,27 +137,33 @@ def workers_that_fit(nodes: list[dict[str, float]], bundle: dict[str, float]) ->
 
 
 def wait_for_room(cluster: BatchCluster) -> None:
-    """Until the cluster's live nodes can hold every worker; ClusterError after a bounded wait.
+    """Until the cluster's live nodes can hold every worker; ClusterError after a bounded wait."""
+    wait_for_nodes(cluster.local, cluster.bundle(), cluster.workers, "worker", cluster.describe(), ClusterError)
+
+
+def wait_for_nodes(local: bool, bundle: dict[str, float], count: int, noun: str, each: str,
+                   error: type[MistralrsError]) -> None:
+    """Until the live nodes can hold `count` `noun`s reserving `bundle` each; `error` after a bounded wait.
 
     Totals, not what is free now: workers may wait for resources another job holds, never for
-    resources no node has. A local instance's nodes are all there: no wait.
+    resources no node has. A local instance's nodes are all there: no wait. The flags named in
+    the message are --{noun}s, --cpus-per-{noun} and --gpus-per-{noun}.
     """
     import ray
 
-    deadline = time.monotonic() + (0.0 if cluster.local else ROOM_WAIT_S)
+    deadline = time.monotonic() + (0.0 if local else ROOM_WAIT_S)
     while True:
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        fit = workers_that_fit(nodes, cluster.bundle())
-        if fit >= cluster.workers:
+        fit = workers_that_fit(nodes, bundle)
+        if fit >= count:
             return
         if time.monotonic() >= deadline:
             cpus = sum(n.get("CPU", 0.0) for n in nodes)
             gpus = sum(n.get("GPU", 0.0) for n in nodes)
-            raise ClusterError(
-                f"the Ray cluster cannot hold {cluster.workers} worker{'' if cluster.workers == 1 else 's'} of "
-                f"{cluster.describe()} each: its "
+            raise error(
+                f"the Ray cluster cannot hold {count} {noun}{'' if count == 1 else 's'} of {each} each: its "
                 f"{len(nodes)} node(s) have {cpus:g} CPUs and {gpus:g} GPUs in all, room for {fit:g} "
-                "(see --workers, --cpus-per-worker, --gpus-per-worker)")
+                f"(see --{noun}s, --cpus-per-{noun}, --gpus-per-{noun})")
         time.sleep(1.0)
 
 

@@ -14,7 +14,6 @@ import os
 import sys
 import tempfile
 import threading
-import time
 from typing import IO, Any
 
 from mistralrs_cli.errors import ConfigError
@@ -22,11 +21,10 @@ from mistralrs_cli.frontends.cluster_batch_options import AUTO
 from mistralrs_cli.frontends.cluster_connect import (
     EXTRA,
     INIT_TIMEOUT_S,
-    ROOM_WAIT_S,
     RayConnection,
     first_line,
     probe,
-    workers_that_fit,
+    wait_for_nodes,
 )
 from mistralrs_cli.frontends.cluster_serve_options import ServeCluster
 
@@ -107,24 +105,5 @@ def _give_up(address: str, saved_stderr: int | None) -> None:
 
 
 def wait_for_room(cluster: ServeCluster) -> None:
-    """Until the cluster's live nodes can hold every replica; ConfigError after a bounded wait.
-
-    Totals, not what is free now: replicas may wait for resources another job holds, never
-    for resources no node has. A local instance's nodes are all there: no wait.
-    """
-    import ray
-
-    deadline = time.monotonic() + (0.0 if cluster.local else ROOM_WAIT_S)
-    while True:
-        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        fit = workers_that_fit(nodes, cluster.bundle())
-        if fit >= cluster.replicas:
-            return
-        if time.monotonic() >= deadline:
-            cpus = sum(n.get("CPU", 0.0) for n in nodes)
-            gpus = sum(n.get("GPU", 0.0) for n in nodes)
-            raise ConfigError(
-                f"the Ray cluster cannot hold {cluster.replicas} replica{'s' if cluster.replicas != 1 else ''} "
-                f"of {cluster.describe()} each: its {len(nodes)} node(s) have {cpus:g} CPUs and {gpus:g} GPUs "
-                f"in all, room for {fit:g} (see --replicas, --cpus-per-replica, --gpus-per-replica)")
-        time.sleep(1.0)
+    """Until the cluster's live nodes can hold every replica; ConfigError after a bounded wait."""
+    wait_for_nodes(cluster.local, cluster.bundle(), cluster.replicas, "replica", cluster.describe(), ConfigError)
