@@ -105,6 +105,7 @@ class ServeFlags:
     replicas: int | None = None  # --replicas, --cpus-per-replica, --gpus-per-replica (None: not given)
     cpus_per_replica: float | None = None
     gpus_per_replica: float | None = None
+    no_ui: bool = False
 
     def options(self, g: GlobalOptions, spec: ModelSpec) -> ServeOptions:
         """The server's options; `serve`'s --port/--serve-ip fall back to the root's (original form)."""
@@ -120,6 +121,7 @@ class ServeFlags:
             allowed_hosts=self.allowed_hosts, log_file=g.log, debug=g.debug, model_name=spec.display_name,
             model_aliases=spec.command_line_names(),
             cluster=serve_cluster(self.ray, self.replicas, self.cpus_per_replica, self.gpus_per_replica),
+            ui=not self.no_ui,
         )
 
 

@@ -169,6 +169,7 @@ def serve(
                      "name). Requests naming another model get 404 model_not_found."),
     ] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No access-log line per request on stderr.")] = False,
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not serve the browser chat page at / and /ui.")] = False,
     ray: Annotated[
         str | None, typer.Option("--ray", metavar="[ADDRESS]", rich_help_panel=SERVE_CLUSTER, help="Serve from Ray "
                                  "Serve replicas, each with its own engine, behind one HTTP entry point. Alone: "
@@ -193,7 +194,7 @@ def serve(
     if api_key_file is not None and getattr(ctx.get_parameter_source("api_key"), "name", "") == "ENVIRONMENT":
         api_key = None  # the file, given on the command line, overrides the environment
     _choose(ctx, ServeFlags(port, serve_ip, api_key, api_key_file, allowed_hosts, served_model_name, quiet,
-                            ray, replicas, cpus_per_replica, gpus_per_replica))
+                            ray, replicas, cpus_per_replica, gpus_per_replica, no_ui))
 
 
 @bench_app.callback(invoke_without_command=True)

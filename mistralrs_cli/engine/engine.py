@@ -104,6 +104,12 @@ class Engine:
         self.core.guides.matcher(guide)
 
     @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The adapters an X-LoRA model mixes (the columns of its scalings); empty for other models."""
+        hooks = self.core.hooks
+        return tuple(hooks.adapter_names) if hooks is not None else ()
+
+    @property
     def template_takes_tools(self) -> bool:
         """Whether the model's chat template renders `tools` itself; if not, a frontend describes them in a message."""
         return self.loaded.tokenizer.template_takes_tools

@@ -217,8 +217,13 @@ def _finish(reason: str | None) -> str | None:
 
 def xlora_field(engine: Engine, outs: list[RequestOutput]) -> dict[str, Any]:
     """The `xlora_scalings` extension: per choice, the per-token layer-mean scalings of every adapter."""
+    return xlora_scalings_of(engine, [out.request_id for out in outs], len(outs[0].choices) if outs else 1)
+
+
+def xlora_scalings_of(engine: Engine, request_ids: list[str], n: int) -> dict[str, Any]:
+    """`xlora_field` by request ids (`n` choices each): choice k of request i has index i*n + k."""
     choices = []
-    for i, out in enumerate(outs):
-        for index, record in sorted(engine.scalings(out.request_id).items()):
-            choices.append({"index": i * len(out.choices) + index, **record.as_json()})
+    for i, request_id in enumerate(request_ids):
+        for index, record in sorted(engine.scalings(request_id).items()):
+            choices.append({"index": i * n + index, **record.as_json()})
     return {"xlora_scalings": choices}

@@ -98,13 +98,14 @@ class ServeOptions:
     allowed_hosts: tuple[str, ...] = ()
     model_name: str = "model"  # shown while the model loads (the CLI passes the spec's display name)
     debug: bool = False  # uvicorn logs at debug level
+    ui: bool = True  # the browser chat page at / and /ui (off with --no-ui)
     cluster: ServeCluster | None = None  # --ray: replicas on a Ray cluster (frontends/cluster_serve.py)
 
 
 def serve_options(*, port: int | None, host: str, api_key: str | None, api_key_file: Path | None,
                   served_model_name: list[str] | None, quiet: bool, allowed_hosts: list[str] | None,
                   log_file: Path | None, debug: bool, model_name: str,
-                  model_aliases: tuple[str, ...], cluster: ServeCluster | None = None) -> ServeOptions:
+                  model_aliases: tuple[str, ...], cluster: ServeCluster | None = None, ui: bool = True) -> ServeOptions:
     """ServeOptions from `serve`'s resolved flags; ConfigError for a bad value or an unreadable key file."""
     names = tuple(served_model_name or ())
     for name in names:
@@ -122,6 +123,7 @@ def serve_options(*, port: int | None, host: str, api_key: str | None, api_key_f
         model_name=model_name,
         debug=debug,
         cluster=cluster,
+        ui=ui,
     )
 
 

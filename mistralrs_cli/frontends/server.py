@@ -34,6 +34,7 @@ from mistralrs_cli.frontends.server_errors import install_handlers
 from mistralrs_cli.frontends.server_http import HttpMiddleware, is_loopback
 from mistralrs_cli.frontends.server_routes import check_api_key, public, v1
 from mistralrs_cli.frontends.server_state import ServerState
+from mistralrs_cli.frontends.server_ui import ui
 
 log = logging.getLogger(__name__)
 stderr = Console(stderr=True)
@@ -50,6 +51,8 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.server = state
     app.include_router(v1, dependencies=[Depends(check_api_key)] if state.config.api_key else [])
     app.include_router(public)
+    if state.config.ui:
+        app.include_router(ui)
     install_handlers(app)
     if state.config.log_file is not None:
         state.request_log = RequestLog(state.config.log_file)

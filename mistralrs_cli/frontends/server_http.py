@@ -24,7 +24,7 @@ from mistralrs_cli.frontends.server_state import ServerState
 log = logging.getLogger(__name__)
 
 ENDPOINTS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions", "/health", "/metrics",
-                       "/openapi.json", "/docs"})
+                       "/openapi.json", "/docs", "/", "/ui"})
 LOG_BODY_CAP = 1 << 20  # response bytes kept for the log; longer bodies are logged as truncated
 CLIENT_GONE = 499  # nginx's "client closed request": logged and counted, never sent
 
@@ -33,7 +33,9 @@ def endpoint_of(path: str) -> str:
     """A bounded label for metrics: the route, or "other" (so random 404 paths add no series)."""
     if path in ENDPOINTS:
         return path
-    return "/v1/models" if path.startswith("/v1/models/") else "other"
+    if path.startswith("/v1/models/"):
+        return "/v1/models"
+    return "/ui" if path.startswith("/ui/") else "other"
 
 
 def is_loopback(host: str) -> bool:

@@ -26,6 +26,7 @@ from mistralrs_cli.frontends.openai_convert import (
     submit_chat,
     submit_completions,
     xlora_field,
+    xlora_scalings_of,
 )
 from mistralrs_cli.frontends.openai_types import ChatCompletionRequest, CompletionRequest
 from mistralrs_cli.frontends.server_errors import SERVER, ApiError, request_error
@@ -125,7 +126,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         raise
     if body.stream:
         include = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(chat_events(job.stream, ticket, model, include, job.tools), ticket)
+        scalings = (lambda: xlora_scalings_of(engine, [job.stream.request_id], job.stream.n)) if body.xlora_scalings else None
+        return _sse(chat_events(job.stream, ticket, model, include, job.tools, scalings), ticket)
     extra = (lambda outs: xlora_field(engine, outs)) if body.xlora_scalings else (lambda outs: None)
     return await _respond(request, ticket, lambda outs: chat_response(outs[0], model, extra(outs), job.tools))
 
@@ -145,7 +147,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         raise
     if body.stream:
         include = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(completion_events(ticket.streams, ticket, model, include, echo), ticket)
+        ids = [s.request_id for s in ticket.streams]
+        scalings = (lambda: xlora_scalings_of(engine, ids, ticket.streams[0].n)) if body.xlora_scalings else None
+        return _sse(completion_events(ticket.streams, ticket, model, include, echo, scalings), ticket)
     extra = (lambda outs: xlora_field(engine, outs)) if body.xlora_scalings else (lambda outs: {})
     return await _respond(request, ticket,
                           lambda outs: {**completion_response(outs, model, echo), **extra(outs)})

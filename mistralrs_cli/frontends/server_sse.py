@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
@@ -33,6 +33,8 @@ from mistralrs_cli.frontends.tool_prompt import ToolUse
 log = logging.getLogger(__name__)
 
 DONE = "data: [DONE]\n\n"
+# Fields for a stream's last chunk, read once every choice has ended (X-LoRA's scalings).
+Extra = Callable[[], dict[str, Any]]
 
 
 def sse(obj: dict[str, Any]) -> str:
@@ -127,11 +129,12 @@ async def guarded(events: AsyncIterator[str], ticket: Ticket) -> AsyncIterator[s
 
 
 async def chat_events(stream: RequestStream, ticket: Ticket, model: str, include_usage: bool,
-                      tools: ToolUse | None = None) -> AsyncIterator[str]:
+                      tools: ToolUse | None = None, extra: Extra | None = None) -> AsyncIterator[str]:
     """`chat.completion.chunk` events: a role chunk first per choice, then text, then finish_reason.
 
     With `tools`, text that may start a call is held back; each call goes out whole, as one
-    `delta.tool_calls` entry, when its block closes.
+    `delta.tool_calls` entry, when its block closes. `extra` (X-LoRA's scalings) goes out after
+    the last choice ends, in a chunk with no choices, before the usage chunk.
     """
     created, rid = int(time.time()), stream.request_id
     seen: set[int] = set()
@@ -156,13 +159,17 @@ async def chat_events(stream: RequestStream, ticket: Ticket, model: str, include
             if include_usage:
                 chunk["usage"] = None  # as OpenAI: null on every chunk but the last
             yield sse(chunk)
+    if extra is not None:
+        yield sse({**usage_chunk(rid, model, created, "chat.completion.chunk", {}), "usage": None, **extra()})
     if include_usage:
         yield sse(usage_chunk(rid, model, created, "chat.completion.chunk", usage_dict(usage) or {}))
 
 
 async def completion_events(streams: list[RequestStream], ticket: Ticket, model: str, include_usage: bool,
-                            echo: list[str] | None) -> AsyncIterator[str]:
-    """`text_completion` events; choice k of prompt p has index p*n + k, as in the non-streamed response."""
+                            echo: list[str] | None, extra: Extra | None = None) -> AsyncIterator[str]:
+    """`text_completion` events; choice k of prompt p has index p*n + k, as in the non-streamed response.
+
+    `extra` (X-LoRA's scalings) goes out after every choice ended, before the usage chunk."""
     created, rid, n = int(time.time()), streams[0].request_id, streams[0].n
     for position, text in enumerate(echo or []):
         for k in range(n):
@@ -172,6 +179,8 @@ async def completion_events(streams: list[RequestStream], ticket: Ticket, model:
             ticket.delta(position, delta)
             if delta.text or delta.finish_reason or delta.logprobs:
                 yield sse(completion_chunk(rid, model, created, delta, position * n + delta.index))
+    if extra is not None:
+        yield sse({**usage_chunk(rid, model, created, "text_completion", {}), "usage": None, **extra()})
     if include_usage:
         p, c = ticket.prompt_tokens, ticket.completion_tokens
         usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
