@@ -16,16 +16,18 @@ function bindSettings() {
   const fields = [
     [$("system-prompt"), "system", (el) => el.value],
     [$("temperature"), "temperature", (el) => Number(el.value)],
-    [$("max-tokens"), "maxTokens", (el) => Math.max(1, Math.round(Number(el.value) || 1))],
+    [$("max-tokens"), "maxTokens", (el) => (el.value.trim() ? Math.max(1, Math.round(Number(el.value) || 1)) : null)],
     [$("show-mixture"), "showMixture", (el) => el.checked],
   ];
   for (const [el, name, read] of fields) {
     if (el.type === "checkbox") el.checked = settings[name];
-    else el.value = settings[name];
-    el.addEventListener("change", () => {
-      settings[name] = read(el);
-      saveSettings(settings);
-    });
+    else el.value = settings[name] ?? "";
+    for (const kind of ["input", "change"]) {
+      el.addEventListener(kind, () => {
+        settings[name] = read(el);
+        saveSettings(settings);
+      });
+    }
   }
 }
 
@@ -122,7 +124,7 @@ function footerParts(message, last) {
     parts.push(note("generating…", "stats"));
     return parts;
   }
-  if (message.stats) parts.push(note(statsText(message.stats), "stats"));
+  if (message.stats && (message.stats.tokens || !message.error)) parts.push(note(statsText(message.stats), "stats"));
   if (message.state === "stopped") parts.push(note("stopped", "badge"));
   if (message.error) {
     const error = note(message.error, "error");
@@ -184,8 +186,8 @@ function requestBody(conversation) {
     if (m.role === "assistant" && (m.error || m.state === "streaming")) continue;
     messages.push({ role: m.role, content: m.content });
   }
-  const body = { messages, temperature: settings.temperature, max_tokens: settings.maxTokens,
-                 stream_options: { include_usage: true } };
+  const body = { messages, temperature: settings.temperature, stream_options: { include_usage: true } };
+  if (settings.maxTokens) body.max_tokens = settings.maxTokens; // none: the answer may run to the context's end
   if (settings.showMixture && config.adapters.length) {
     body.xlora_scalings = true;
     body.logprobs = true; // each token's text, to colour it
@@ -306,6 +308,7 @@ async function waitForModel() {
       status.textContent = "";
       document.title = `${config.model} · mistralrs`;
       $("mixture-row").hidden = !(config.adapters ?? []).length;
+      if (config.max_model_len) $("max-tokens").max = config.max_model_len;
       config.adapters ??= [];
       renderAll();
       return;

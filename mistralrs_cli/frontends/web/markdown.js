@@ -175,8 +175,8 @@ const INLINE = [
   { re: /\*(?=[^\s*])([\s\S]*?[^\s*])\*(?!\*)/y, make: (m, parent) => inline(m[1], el("em", parent)) },
   { re: /_(?=[^\s_])([\s\S]*?[^\s_])_(?!\w)/y, make: (m, parent) => inline(m[1], el("em", parent)), wordStart: true },
   { re: /!?\[([^\]]*)\]\(\s*<?([^)\s>]*)>?(?:\s+"[^"]*")?\s*\)/y, make: link },
-  { re: /<((?:https?:\/\/|mailto:)[^>\s]+)>/y, make: (m, parent) => anchor(m[1], m[1], parent) },
-  { re: /https?:\/\/[^\s<>()]*[^\s<>().,;:!?'"]/y, make: (m, parent) => anchor(m[0], m[0], parent), wordStart: true },
+  { re: /<((?:https?:\/\/|mailto:)[^>\s]+)>/y, make: (m, parent) => anchor(m[1], parent, m[1]) },
+  { re: /https?:\/\/[^\s<>()]*[^\s<>().,;:!?'"]/y, make: (m, parent) => anchor(m[0], parent, m[0]), wordStart: true },
 ];
 const SPECIAL = /[\\`*_~![<h]/g;
 
@@ -185,15 +185,16 @@ function link(m, parent) {
     parent.appendChild(document.createTextNode(m[0])); // javascript:, data: and relative targets stay text
     return;
   }
-  anchor(m[1] || m[2], m[2], parent);
+  inline(m[1] || m[2], anchor(m[2], parent));
 }
 
-function anchor(text, href, parent) {
-  const a = el("a", parent);
+/** A link that opens apart from the page; `text` (an address shown as itself) is not parsed again. */
+function anchor(href, parent, text) {
+  const a = el("a", parent, text);
   a.href = href;
   a.rel = "noopener noreferrer nofollow";
   a.target = "_blank";
-  inline(text, a);
+  return a;
 }
 
 function inline(text, parent) {

@@ -3,7 +3,7 @@ const CONVERSATIONS = "mistralrs.conversations";
 const CURRENT = "mistralrs.current";
 const SETTINGS = "mistralrs.settings";
 
-export const DEFAULT_SETTINGS = { system: "", temperature: 0.7, maxTokens: 512, showMixture: false };
+export const DEFAULT_SETTINGS = { system: "", temperature: 0.7, maxTokens: null, showMixture: false };
 
 // Not crypto.randomUUID: a page served over plain http beyond localhost is not a secure context.
 function newId() {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -224,3 +225,56 @@ def slow_down(live: LiveServer, seconds: float) -> None:
         return run(*args, **kwargs)
 
     runner.run = slow_run
+
+
+@pytest.fixture(scope="module")
+def xlora_server(tmp_path_factory, tiny_mistral_dir) -> Iterator[LiveServer]:
+    """A server over a tiny X-LoRA model (two adapters mixed by a global classifier)."""
+    from tests.adapters.helpers import write_adapter
+    from tests.adapters.test_xlora_oracle import build
+
+    root = tmp_path_factory.mktemp("web-xlora")
+    adapters = [write_adapter(root / f"a{i}", seed=1 + i, r=4, alpha=8) for i in range(3)]
+    xdir, ordering, *_ = build(root, adapters, "depth1-global-2ad")
+    loaded = build_model(model_spec("x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir),
+                                    order=ordering, dtype="f32", device="cpu"))
+    live = start_server(loaded, ServeOptions(host="127.0.0.1", port=0))
+    yield live
+    live.stop()
+
+
+# As the machine's own probe starts it: headless, and no calls home (this network refuses them).
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (what .ci/run installs); playwright's own browser downloads cannot work here."""
+    return os.environ.get("MISTRALRS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium driven by playwright (one per module: its event loop must not outlive the module)."""
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no Chromium on this machine: the browser tests need Debian's chromium package "
+                    "(apt-get install chromium; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context (its own localStorage and cookies) and page; page errors fail the test."""
+    context = browser.new_context(viewport={"width": 1200, "height": 760})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    yield tab
+    context.close()
+    assert not errors, errors

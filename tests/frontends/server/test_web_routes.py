@@ -8,15 +8,9 @@ import re
 from importlib.resources import files
 
 import httpx
-import pytest
 
-from mistralrs_cli.cli.compose import build_model
-from mistralrs_cli.cli.spec import model_spec
-from mistralrs_cli.frontends.options import ServeOptions
 from mistralrs_cli.frontends.server_ui import COOKIE
-from tests.adapters.helpers import write_adapter
-from tests.adapters.test_xlora_oracle import build
-from tests.frontends.server.conftest import API_KEY, start_server
+from tests.frontends.server.conftest import API_KEY
 
 WEB = files("mistralrs_cli.frontends.web")
 
@@ -90,18 +84,6 @@ def test_the_cli_takes_no_ui(tiny_mistral_dir, spawn):
     server = spawn(["serve", "--port", "0", "--no-ui", "mistral", "-m", str(tiny_mistral_dir)])
     assert httpx.get(server.url + "/").status_code == 404
     assert httpx.get(server.url + "/v1/models").status_code == 200
-
-
-@pytest.fixture(scope="module")
-def xlora_server(tmp_path_factory, tiny_mistral_dir):
-    root = tmp_path_factory.mktemp("web-xlora")
-    adapters = [write_adapter(root / f"a{i}", seed=1 + i, r=4, alpha=8) for i in range(3)]
-    xdir, ordering, *_ = build(root, adapters, "depth1-global-2ad")
-    loaded = build_model(model_spec("x-lora-mistral", model_id=str(tiny_mistral_dir), xlora_model_id=str(xdir),
-                                    order=ordering, dtype="f32", device="cpu"))
-    live = start_server(loaded, ServeOptions(host="127.0.0.1", port=0))
-    yield live
-    live.stop()
 
 
 def _events(response: httpx.Response) -> list[dict]:
