@@ -265,8 +265,10 @@ async function generate(conversation) {
 }
 
 function showRunning(running) {
+  const stopHadFocus = document.activeElement === $("stop");
   $("send").hidden = running;
   $("stop").hidden = !running;
+  if (stopHadFocus) $("prompt").focus(); // keyboard users stay where they type
 }
 
 function stop() {
@@ -335,9 +337,13 @@ function bindControls() {
     }
   });
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && run) {
+    if (event.key !== "Escape") return;
+    if (run) {
       event.preventDefault();
       stop();
+    } else if ($("settings").open) {
+      $("settings").open = false;
+      prompt.focus();
     }
   });
   $("stop").addEventListener("click", stop);

@@ -80,6 +80,20 @@ def test_chat_stream_and_auth_as_in_single_process(cluster: ServerProcess):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
 
 
+def test_the_chat_page_and_its_login_hold_across_replicas(cluster: ServerProcess):
+    with httpx.Client(base_url=cluster.url) as http:
+        assert 'id="api-key"' in http.get("/").text  # the login page only
+        assert http.post("/ui/session", headers={"Authorization": f"Bearer {KEY}"}).status_code == 204
+        # The cookie is the key's HMAC, so any replica accepts the one another set.
+        replicas = set()
+        for _ in range(12):
+            page = http.get("/")
+            assert 'id="messages"' in page.text
+            replicas.add(page.headers[REPLICA])
+        assert http.get("/ui/app.js").status_code == 200
+    assert len(replicas) == 2
+
+
 def test_requests_reach_both_replicas(cluster: ServerProcess):
     client = cluster.client(KEY)
     with ThreadPoolExecutor(4) as pool:  # concurrent: Serve routes each to the less busy replica

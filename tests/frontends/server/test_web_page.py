@@ -169,3 +169,52 @@ def test_the_xlora_mixture_is_shown_per_token(xlora, server, xlora_server, page)
     assert "expert_0: " in tokens.first.get_attribute("title")
     page.uncheck("#show-mixture")
     assert page.locator(".mixture-token").count() == 0
+
+
+# WCAG 2 contrast of two computed colours (the page's colours are opaque "rgb(r, g, b)").
+CONTRAST = """([a, b]) => {
+    const lum = (c) => {
+        const [r, g, b] = c.match(/\\d+/g).slice(0, 3).map((v) => {
+            const s = Number(v) / 255;
+            return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4;
+        });
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const [hi, lo] = [lum(a), lum(b)].sort((x, y) => y - x);
+    return (hi + 0.05) / (lo + 0.05);
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_is_readable_in_light_and_dark(scheme, server, browser):
+    context = browser.new_context(color_scheme=scheme)
+    page = context.new_page()
+    try:
+        _open(page, server.url)
+        _settings(page, max_tokens="3")
+        page.fill("#prompt", "Hi")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(DONE)
+        page.hover("body")
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert (background == "rgb(255, 255, 255)") is (scheme == "light")
+        # (element, its text colour against the background it sits on)
+        pairs = {
+            "body": ("body", "body"),
+            "stats": (f"{DONE} .stats", "body"),
+            "who": (f"{DONE} .who", "body"),
+            "user message": ("article[data-role=user] .content", "article[data-role=user] .content"),
+            "send button": ("#send", "#send"),
+            "new chat": ("#new-chat", "#new-chat"),
+            "conversation": ("#conversations .conversation", ".sidebar"),
+            "prompt": ("#prompt", "#prompt"),
+        }
+        for name, (fg, bg) in pairs.items():
+            colour = page.eval_on_selector(fg, "e => getComputedStyle(e).color")
+            behind = page.eval_on_selector(bg, "e => getComputedStyle(e).backgroundColor")
+            if behind == "rgba(0, 0, 0, 0)":
+                behind = background
+            ratio = page.evaluate(CONTRAST, [colour, behind])
+            assert ratio >= 4.5, f"{scheme}: {name} {colour} on {behind} has contrast {ratio:.2f}"
+    finally:
+        context.close()
