@@ -64,6 +64,8 @@ def _settings(page, **values: str) -> None:
         page.click("#settings summary")
     for field, value in values.items():
         page.fill(f"#{field.replace('_', '-')}", value)
+    page.keyboard.press("Escape")  # closes the panel (it lies over the conversation)
+    assert not page.evaluate("document.getElementById('settings').open")
 
 
 def test_keyboard_enter_sends_shift_enter_breaks_esc_stops(fresh_server, page):
@@ -167,6 +169,7 @@ def test_the_xlora_mixture_is_shown_per_token(xlora, server, xlora_server, page)
     colours = {tokens.nth(i).evaluate("t => getComputedStyle(t).borderBottomColor") for i in range(6)}
     assert colours <= {"rgb(37, 99, 235)", "rgb(217, 119, 6)"}  # the colours of expert_0 and expert_1
     assert "expert_0: " in tokens.first.get_attribute("title")
+    page.click("#settings summary")
     page.uncheck("#show-mixture")
     assert page.locator(".mixture-token").count() == 0
 
