@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from functools import cache
+from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 
@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
+from mistralrs_cli.frontends.server_errors import ApiError
 from mistralrs_cli.frontends.server_routes import bearer, check_api_key, state_of
 from mistralrs_cli.frontends.server_state import ServerState
 
@@ -40,7 +41,7 @@ HEADERS = {
 ui = APIRouter(include_in_schema=False)
 
 
-@cache
+@lru_cache(maxsize=32)  # the page has a handful of files; random names must not grow it
 def asset(name: str) -> bytes | None:
     """A file of the page (package data), or None when there is no such file."""
     if "/" in name or name.startswith(".") or not name.endswith(tuple(MEDIA)):
@@ -63,13 +64,16 @@ def unlocked(request: Request) -> bool:
     return bool(cookie) and hmac.compare_digest(cookie.encode(), session_token(key).encode())
 
 
-def _file(name: str, status: int = 200) -> Response:
+def _file(name: str) -> Response:
     body = asset(name)
     if body is None:
-        return JSONResponse({"error": {"message": f"no file {name!r} in the web page", "type": "invalid_request_error",
-                                       "param": None, "code": "not_found"}}, status_code=404)
-    suffix = name[name.rindex("."):]
-    return Response(body, status_code=status, media_type=MEDIA[suffix], headers=HEADERS)
+        raise ApiError(404, f"the web page has no file {name!r}", code="not_found")
+    return Response(body, media_type=MEDIA[name[name.rindex("."):]], headers=HEADERS)
+
+
+def _require_unlocked(request: Request) -> None:
+    if not unlocked(request):
+        raise ApiError(401, "log in to the page with the server's API key first", code="invalid_api_key")
 
 
 @ui.api_route("/", methods=["GET", "HEAD"])
@@ -82,19 +86,15 @@ async def page(request: Request) -> Response:
 @ui.get("/ui/config.json")
 async def page_config(request: Request) -> JSONResponse:
     """What the page shows and offers: the model's name, its context, and X-LoRA's adapters (if any)."""
-    if not unlocked(request):
-        return JSONResponse({"error": {"message": "log in first", "type": "invalid_request_error", "param": None,
-                                       "code": "invalid_api_key"}}, status_code=401)
+    _require_unlocked(request)
     return JSONResponse(config_of(state_of(request)), headers={"Cache-Control": "no-store"})
 
 
 @ui.api_route("/ui/{name}", methods=["GET", "HEAD"])
 async def page_file(name: str, request: Request) -> Response:
     """A script, style sheet or icon of the page; the chat's own files need the session cookie."""
-    if name not in PUBLIC and not unlocked(request):
-        return JSONResponse({"error": {"message": "log in with the server's API key first",
-                                       "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
-                            status_code=401)
+    if name not in PUBLIC:
+        _require_unlocked(request)
     return _file(name)
 
 

@@ -60,6 +60,8 @@ function renderSidebar() {
 
 function switchTo(id) {
   if (run) stop();
+  document.body.classList.remove("show-sidebar");
+  $("toggle-sidebar").setAttribute("aria-expanded", "false");
   store.select(id);
   renderAll();
   $("prompt").focus();
@@ -211,8 +213,13 @@ async function generate(conversation) {
   let usage = null;
   const pieces = [];
   let frame = 0;
+  let saved = performance.now();
   const redraw = () => {
     frame = 0;
+    if (performance.now() - saved > 1000) {
+      store.save(); // a reload mid-answer keeps what had come
+      saved = performance.now();
+    }
     const section = $("messages");
     const atBottom = section.scrollHeight - section.scrollTop - section.clientHeight < 80;
     view.content();
@@ -349,6 +356,10 @@ function bindControls() {
   $("stop").addEventListener("click", stop);
   $("new-chat").addEventListener("click", () => switchTo(null));
   $("show-mixture").addEventListener("change", () => renderMessages());
+  $("toggle-sidebar").addEventListener("click", (event) => {
+    const open = document.body.classList.toggle("show-sidebar");
+    event.currentTarget.setAttribute("aria-expanded", String(open));
+  });
   const logOutButton = $("log-out");
   logOutButton.hidden = !apiKey();
   logOutButton.addEventListener("click", () => logOut());

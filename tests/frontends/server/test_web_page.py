@@ -221,3 +221,43 @@ def test_text_is_readable_in_light_and_dark(scheme, server, browser):
             assert ratio >= 4.5, f"{scheme}: {name} {colour} on {behind} has contrast {ratio:.2f}"
     finally:
         context.close()
+
+
+def test_a_reload_mid_answer_keeps_what_had_come_and_frees_the_sequence(fresh_server, page):
+    live = fresh_server()
+    slow_down(live, 0.05)
+    _open(page, live.url)
+    _settings(page, max_tokens="200")
+    page.fill("#prompt", "Hi")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('article[data-role=assistant] .content').textContent.length > 0")
+    page.wait_for_timeout(1500)  # past the page's once-a-second save
+    page.reload()
+    page.wait_for_selector("article[data-role=assistant][data-state=stopped]")
+    kept = page.evaluate("JSON.parse(localStorage.getItem('mistralrs.conversations'))[0].messages[1]")
+    assert kept["content"] and kept["state"] == "streaming"  # marked stopped when read back
+    live.wait_idle()
+
+
+def test_on_a_narrow_screen_the_conversations_open_from_a_button(server, browser):
+    context = browser.new_context(viewport={"width": 400, "height": 760})
+    page = context.new_page()
+    try:
+        _open(page, server.url)
+        _settings(page, max_tokens="2")
+        assert not page.is_visible("#sidebar")
+        for text in ("one", "two"):
+            page.fill("#prompt", text)
+            page.keyboard.press("Enter")
+            page.wait_for_selector(DONE)
+            if text == "one":
+                page.click("#toggle-sidebar")
+                assert page.get_attribute("#toggle-sidebar", "aria-expanded") == "true"
+                page.click("#new-chat")
+                assert not page.is_visible("#sidebar")
+        page.click("#toggle-sidebar")
+        page.click("#conversations .conversation >> text=one")
+        assert not page.is_visible("#sidebar")
+        assert page.inner_text("article[data-role=user] .content") == "one"
+    finally:
+        context.close()
