@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 const store = new Store();
 const settings = loadSettings();
 let config = { status: "loading", adapters: [] };
-let run = null; // the answer being generated: {controller, conversation, message, view}
+let run = null; // the answer being generated: {controller, conversation, message}
 
 // --- settings --------------------------------------------------------------------------------
 function bindSettings() {
@@ -205,7 +205,7 @@ async function generate(conversation) {
   renderAll();
   const view = messageView(message, true);
   $("messages").lastChild.replaceWith(view.node);
-  run = { controller: new AbortController(), conversation, message, view };
+  run = { controller: new AbortController(), conversation, message };
   showRunning(true);
   const started = performance.now();
   let first;
@@ -263,10 +263,7 @@ async function generate(conversation) {
     run = null;
     showRunning(false);
     store.touch(conversation);
-    if (store.current() === conversation) {
-      view.content();
-      view.footer();
-    }
+    if (store.current() === conversation) renderMessages(); // its figures, and Regenerate under it
     $("announcer").textContent = { done: "Answer finished.", stopped: "Stopped." }[message.state] ?? "The answer failed.";
   }
 }
@@ -355,7 +352,9 @@ function bindControls() {
   });
   $("stop").addEventListener("click", stop);
   $("new-chat").addEventListener("click", () => switchTo(null));
-  $("show-mixture").addEventListener("change", () => renderMessages());
+  $("show-mixture").addEventListener("change", () => {
+    if (!run) renderMessages(); // (a running answer would lose its view; it shows the setting when it ends)
+  });
   $("toggle-sidebar").addEventListener("click", (event) => {
     const open = document.body.classList.toggle("show-sidebar");
     event.currentTarget.setAttribute("aria-expanded", String(open));
