@@ -307,6 +307,11 @@ async function waitForModel() {
     } catch {
       config = { status: "unreachable", adapters: [] };
     }
+    if (config.auth && !apiKey()) {
+      await logOut(); // the cookie without the key (storage cleared): ask for the key again
+      return;
+    }
+    $("log-out").hidden = !config.auth;
     const status = $("server-status");
     $("model-name").textContent = config.model ?? "mistralrs";
     $("send").disabled = config.status !== "ok";
@@ -359,9 +364,7 @@ function bindControls() {
     const open = document.body.classList.toggle("show-sidebar");
     event.currentTarget.setAttribute("aria-expanded", String(open));
   });
-  const logOutButton = $("log-out");
-  logOutButton.hidden = !apiKey();
-  logOutButton.addEventListener("click", () => logOut());
+  $("log-out").addEventListener("click", () => logOut());
 }
 
 bindSettings();

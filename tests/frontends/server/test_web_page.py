@@ -147,6 +147,13 @@ def test_with_an_api_key_the_page_asks_for_it_then_chats(auth_server, page):
     page.click("#log-out")
     page.wait_for_selector("#api-key")
     assert page.evaluate("localStorage.getItem('mistralrs.apiKey')") is None
+    # The cookie without the key (the site's storage cleared): back to the login page, not a dead chat.
+    page.fill("#api-key", API_KEY)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#send:not([disabled])")
+    page.evaluate("localStorage.removeItem('mistralrs.apiKey')")
+    page.reload()
+    page.wait_for_selector("#api-key")
 
 
 @pytest.mark.parametrize("xlora", [False, True])
