@@ -58,6 +58,15 @@ def _open(page, url: str) -> None:
     page.wait_for_selector("#send:not([disabled])")
 
 
+def _without_eos(page) -> None:
+    """The page's requests forbid the tiny model's end-of-sequence token, so an answer runs to max_tokens."""
+    def add_bias(route) -> None:
+        body = json.loads(route.request.post_data)
+        route.continue_(post_data=json.dumps({**body, "logit_bias": {"2": -100}}))
+
+    page.route("**/v1/chat/completions", add_bias)
+
+
 def _settings(page, **values: str) -> None:
     """Open the settings and type into them (field id: value)."""
     if not page.evaluate("document.getElementById('settings').open"):
@@ -71,6 +80,7 @@ def _settings(page, **values: str) -> None:
 def test_keyboard_enter_sends_shift_enter_breaks_esc_stops(fresh_server, page):
     live = fresh_server()
     slow_down(live, 0.05)  # the answer is still running when Esc is pressed
+    _without_eos(page)
     _open(page, live.url)
     _settings(page, max_tokens="200")  # the tiny model's context is 256
     page.focus("#prompt")
@@ -167,6 +177,7 @@ def test_the_xlora_mixture_is_shown_per_token(xlora, server, xlora_server, page)
         return
     page.check("#show-mixture")
     _settings(page, max_tokens="6")
+    _without_eos(page)  # six tokens, whatever the sampler draws
     page.fill("#prompt", "Hello")
     page.keyboard.press("Enter")
     page.wait_for_selector(DONE)
@@ -233,12 +244,14 @@ def test_text_is_readable_in_light_and_dark(scheme, server, browser):
 def test_a_reload_mid_answer_keeps_what_had_come_and_frees_the_sequence(fresh_server, page):
     live = fresh_server()
     slow_down(live, 0.05)
+    _without_eos(page)
     _open(page, live.url)
     _settings(page, max_tokens="200")
     page.fill("#prompt", "Hi")
     page.keyboard.press("Enter")
     page.wait_for_function("() => document.querySelector('article[data-role=assistant] .content').textContent.length > 0")
     page.wait_for_timeout(1500)  # past the page's once-a-second save
+    assert page.get_attribute("article[data-role=assistant]", "data-state") == "streaming"
     page.reload()
     page.wait_for_selector("article[data-role=assistant][data-state=stopped]")
     kept = page.evaluate("JSON.parse(localStorage.getItem('mistralrs.conversations'))[0].messages[1]")
