@@ -60,6 +60,9 @@ def send(page, text: str) -> None:
 def test_chat_streams_stops_keeps_the_conversation_and_shows_markup_as_text(default_server, page, tmp_path):
     page.goto(default_server.url + "/")
     page.wait_for_selector("#send:not([disabled])")
+    page.click("#settings summary")
+    page.fill("#max-tokens", "300")  # a sampled answer that rambles still ends in seconds
+    page.keyboard.press("Escape")
     page.evaluate(WATCH)
 
     # 1. A question: text appears while the answer streams, then it finishes with its figures.
