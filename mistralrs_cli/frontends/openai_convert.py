@@ -205,9 +205,11 @@ def completion_chunk(rid: str, model: str, created: int, delta: Delta, index: in
                          "finish_reason": _finish(delta.finish_reason)}]}
 
 
-def usage_chunk(rid: str, model: str, created: int, obj: str, usage: dict[str, int]) -> dict[str, Any]:
-    """The final chunk carrying usage when stream_options.include_usage is set."""
-    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage}
+def usage_chunk(rid: str, model: str, created: int, obj: str, usage: dict[str, int] | None,
+                **fields: Any) -> dict[str, Any]:
+    """A chunk with no choices: the final one carrying usage when stream_options.include_usage is
+    set, or (usage None) one carrying extension `fields` once every choice has ended."""
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage, **fields}
 
 
 def _finish(reason: str | None) -> str | None:

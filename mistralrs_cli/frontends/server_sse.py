@@ -160,7 +160,7 @@ async def chat_events(stream: RequestStream, ticket: Ticket, model: str, include
                 chunk["usage"] = None  # as OpenAI: null on every chunk but the last
             yield sse(chunk)
     if extra is not None:
-        yield sse({**usage_chunk(rid, model, created, "chat.completion.chunk", {}), "usage": None, **extra()})
+        yield sse(usage_chunk(rid, model, created, "chat.completion.chunk", None, **extra()))
     if include_usage:
         yield sse(usage_chunk(rid, model, created, "chat.completion.chunk", usage_dict(usage) or {}))
 
@@ -180,7 +180,7 @@ async def completion_events(streams: list[RequestStream], ticket: Ticket, model:
             if delta.text or delta.finish_reason or delta.logprobs:
                 yield sse(completion_chunk(rid, model, created, delta, position * n + delta.index))
     if extra is not None:
-        yield sse({**usage_chunk(rid, model, created, "text_completion", {}), "usage": None, **extra()})
+        yield sse(usage_chunk(rid, model, created, "text_completion", None, **extra()))
     if include_usage:
         p, c = ticket.prompt_tokens, ticket.completion_tokens
         usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}

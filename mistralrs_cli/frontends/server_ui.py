@@ -26,7 +26,7 @@ COOKIE = "mistralrs_ui"
 MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
          ".svg": "image/svg+xml"}
 # Files anyone may fetch: the login page needs them before it has the key.
-PUBLIC = frozenset({"login.html", "login.js", "style.css", "icon.svg"})
+PUBLIC = frozenset({"login.html", "login.js", "api.js", "style.css", "icon.svg"})
 # The page runs only its own files: no inline script, nothing from elsewhere. A model answer that
 # slipped past the renderer as markup still could not run (defence in depth, not the defence).
 HEADERS = {

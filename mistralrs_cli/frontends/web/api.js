@@ -1,9 +1,13 @@
 // Talking to the server: the page's settings, the key of an --api-key server, and streamed chat
-// completions read as server-sent events.
+// completions read as server-sent events. (Served to the login page too: it keeps the key here.)
 const KEY = "mistralrs.apiKey";
 
 export function apiKey() {
   return localStorage.getItem(KEY);
+}
+
+export function rememberKey(key) {
+  localStorage.setItem(KEY, key);
 }
 
 /** Forget the key and the session cookie, then show the login page. */

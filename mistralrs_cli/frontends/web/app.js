@@ -79,11 +79,13 @@ function renderMessages() {
     section.appendChild(hello);
     return;
   }
+  let view;
   conversation.messages.forEach((message, i) => {
-    const last = i === conversation.messages.length - 1;
-    section.appendChild(messageView(message, last).node);
+    view = messageView(message, i === conversation.messages.length - 1);
+    section.appendChild(view.node);
   });
   section.scrollTop = section.scrollHeight;
+  return view; // the last message's, which a streaming answer refreshes
 }
 
 /** The article of one message, and functions to refresh its parts while it streams. */
@@ -202,9 +204,8 @@ async function generate(conversation) {
   const message = { role: "assistant", content: "", state: "streaming" };
   conversation.messages.push(message);
   store.touch(conversation);
-  renderAll();
-  const view = messageView(message, true);
-  $("messages").lastChild.replaceWith(view.node);
+  renderSidebar();
+  const view = renderMessages();
   run = { controller: new AbortController(), conversation, message };
   showRunning(true);
   const started = performance.now();

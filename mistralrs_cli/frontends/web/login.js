@@ -1,6 +1,6 @@
 // The login page of an --api-key server: check the key once, keep it, and let the server set
 // the cookie that unlocks the chat page. The key itself goes only in Authorization headers.
-const KEY = "mistralrs.apiKey";
+import { rememberKey } from "./api.js";
 
 const form = document.getElementById("login");
 const input = document.getElementById("api-key");
@@ -18,7 +18,7 @@ form.addEventListener("submit", async (event) => {
     return;
   }
   if (response.status === 204) {
-    localStorage.setItem(KEY, key);
+    rememberKey(key);
     location.reload();
   } else if (response.status === 401) {
     error.textContent = "That is not this server's API key.";
